@@ -1,0 +1,3 @@
+"""FixTalk / EDTalk one-shot talking heads."""
+
+__version__ = "0.1.0"

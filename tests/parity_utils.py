@@ -1,0 +1,48 @@
+"""The synthetic-weight rule of ../shared/fixtures/edtalk_parity (README, "The synthetic weights")."""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fixture_dir() -> Path:
+    """FIXTALK_PARITY_FIXTURE, default ../shared/fixtures/edtalk_parity relative to the repo root."""
+    return Path(os.environ.get("FIXTALK_PARITY_FIXTURE", REPO.parent / "shared" / "fixtures" / "edtalk_parity"))
+
+
+def plain_weight_keys(checkpoint: str) -> set[str]:
+    """checkpoint: 'EDTalk.pt:gen', 'EDTalk_lip_pose.pt:gen' or 'Audio2Lip.pt:audio2lip'."""
+    data = json.loads((fixture_dir() / "weight_rule_keys.json").read_text())
+    return set(data["plain_weight_keys"][checkpoint])
+
+
+def synthetic_tensor(key: str, shape: tuple[int, ...], plain: set[str]) -> torch.Tensor:
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    a = rng.standard_normal(shape, dtype=np.float32)
+    if a.ndim == 1:
+        a = a * np.float32(0.1)
+    elif key in plain:
+        a = a / np.float32(np.sqrt(np.prod(shape[1:])))
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def synthetic_state_dict(reference_keys_shapes: dict[str, list[int]], trainable: set[str],
+                         plain: set[str]) -> dict[str, torch.Tensor]:
+    """Synthetic values for every trainable entry (keys as in the official checkpoint)."""
+    return {k: synthetic_tensor(k, tuple(s), plain) for k, s in reference_keys_shapes.items() if k in trainable}
+
+
+def load_image(name: str) -> torch.Tensor:
+    """A fixture PNG as a 1x3xHxW tensor in [-1, 1] (x / 127.5 - 1)."""
+    from PIL import Image
+
+    arr = np.asarray(Image.open(fixture_dir() / name).convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1)[None].contiguous()
