@@ -30,7 +30,8 @@ def synthetic_tensor(key: str, shape: tuple[int, ...], plain: set[str]) -> torch
     if a.ndim == 1:
         a = a * np.float32(0.1)
     elif key in plain:
-        a = a / np.float32(np.sqrt(np.prod(shape[1:])))
+        # Literally the README's expression: numpy 2 promotes to float64 here; the cast is on load.
+        a = (a / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(a))
 
 

@@ -1,0 +1,111 @@
+"""Face Decoupling Module (EDTalk Sec. 3.2; FixTalk Fig. 4a; architecture.md section 2).
+
+Three latent navigations share a 4-layer linear trunk `fc`; the mouth (MLN), pose (PLN) and expression
+(ELN) heads predict the weights of three orthonormal banks: 20 mouth, 6 pose and 10 expression bases of a
+`style_dim` space. Orthonormality is by construction: a reduced QR of the raw bank matrices
+[W_lip,pose | W_exp] (+1e-8 as in the reference). Because QR orthogonalises columns in order, the first
+26 columns equal the lip/pose-only model's bank, and every expression base is orthogonal to them.
+
+Motion m = Q alpha (absolute motion); G renders latent = f_6^s + m, and EEM receives the expression part e.
+In eval mode Q is computed once and cached; training recomputes it every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fixtalk.config import ModelConfig
+from fixtalk.models.layers import EqualLinear
+
+
+@dataclass
+class Motion:
+    """Bank weights of one or more frames; any factor may be None only before composition."""
+
+    lip: torch.Tensor    # B x 20
+    pose: torch.Tensor   # B x 6
+    exp: torch.Tensor | None = None  # B x 10 (None for the lip/pose-only model)
+
+    def alpha(self) -> torch.Tensor:
+        parts = [self.lip, self.pose] + ([self.exp] if self.exp is not None else [])
+        return torch.cat(parts, dim=-1)
+
+    def scaled(self, lip: float = 1.0, pose: float = 1.0, exp: float = 1.0) -> Motion:
+        return Motion(self.lip * lip, self.pose * pose, None if self.exp is None else self.exp * exp)
+
+
+class Bank(nn.Module):
+    """A raw basis matrix (style_dim x n); named `direction_*.weight` in EDTalk checkpoints."""
+
+    def __init__(self, style_dim: int, n: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(style_dim, n))
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    # Purely linear, as in LIA/EDTalk: no activation between the EqualLinear layers.
+    return nn.Sequential(*[EqualLinear(a, b) for a, b in zip(dims[:-1], dims[1:])])
+
+
+class FDM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.style_dim
+        self.lip_dim, self.pose_dim, self.exp_dim = cfg.lip_dim, cfg.pose_dim, cfg.exp_dim
+        self.fc = _mlp([d] * 5)
+        self.lip_fc = _mlp([d, d, d, cfg.lip_dim])
+        self.pose_fc = _mlp([d, d, d, cfg.pose_dim])
+        self.direction_lipnonlip = Bank(d, cfg.lip_dim + cfg.pose_dim)
+        if cfg.exp_dim:
+            self.exp_fc = _mlp([d, d, d, cfg.exp_dim])
+            self.direction_exp = Bank(d, cfg.exp_dim)
+        self._q_cache: torch.Tensor | None = None
+
+    # --- banks ----------------------------------------------------------------------------------
+    def basis(self) -> torch.Tensor:
+        """Orthonormal bases Q (style_dim x n_motion); cached while the module is in eval mode."""
+        if not self.training and self._q_cache is not None:
+            return self._q_cache
+        w = self.direction_lipnonlip.weight
+        if self.exp_dim:
+            w = torch.cat([w, self.direction_exp.weight], dim=1)
+        q, _ = torch.linalg.qr(w + 1e-8, mode="reduced")
+        if not self.training:
+            self._q_cache = q.detach()
+        return q
+
+    def train(self, mode: bool = True) -> FDM:
+        self._q_cache = None  # the banks may change (training, or a new state dict) -> recompute
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._q_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    # --- latent navigation ----------------------------------------------------------------------
+    def trunk(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.fc(latent)
+
+    def predict(self, lip_latent: torch.Tensor, pose_latent: torch.Tensor,
+                exp_latent: torch.Tensor | None = None) -> Motion:
+        """Bank weights from the driving latents of each factor (each may come from its own frame)."""
+        exp = None
+        if self.exp_dim and exp_latent is not None:
+            exp = self.exp_fc(self.fc(exp_latent))
+        return Motion(self.lip_fc(self.fc(lip_latent)), self.pose_fc(self.fc(pose_latent)), exp)
+
+    def compose(self, motion: Motion) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(m = Q alpha, e = expression part of m). A missing expression counts as zero weights."""
+        q = self.basis()
+        n_lp = self.lip_dim + self.pose_dim
+        alpha_lp = torch.cat([motion.lip, motion.pose], dim=-1)
+        m = alpha_lp @ q[:, :n_lp].T
+        e = None
+        if self.exp_dim:
+            exp = motion.exp if motion.exp is not None else alpha_lp.new_zeros(alpha_lp.shape[0], self.exp_dim)
+            e = exp @ q[:, n_lp:].T
+            m = m + e
+        return m, e

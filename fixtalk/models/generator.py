@@ -1,0 +1,146 @@
+"""Generator G: the flow-warping style decoder (EDTalk Sec. 3.1/3.3; FixTalk Fig. 4a; architecture.md 3).
+
+A StyleGAN2 decoder driven by latent = f_6^s + m. At every resolution 8..S a ToFlow head predicts a
+dense flow (tanh) and a mask (sigmoid) that warp the *source* encoder map of that resolution into the
+decoder stream; the RGB output is built only from the warped maps (LIA design). With expression, an EEM
+block (ADAIN conditioned on the expression latent e) first edits the source map of each level.
+
+Quirks kept for checkpoint compatibility (architecture.md 11): ToRGB applies a leaky ReLU before its
+bias; the identity grid is linspace(-1, 1) while grid_sample uses align_corners=False; `to_rgb1`, the
+noise weights and EEM's dead conv1/norm1 branch exist as parameters but are never evaluated.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fixtalk.config import ModelConfig
+from fixtalk.models.layers import ConstantInput, ConvLayer, ModulatedConv2d, StyledConv, Upsample
+
+
+class ToRGB(nn.Module):
+    def __init__(self, in_channels: int, upsample: bool = True) -> None:
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample()
+        self.conv = ConvLayer(in_channels, 3, 1)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(x) + self.bias
+        return out if skip is None else out + self.upsample(skip)
+
+
+class ToFlow(nn.Module):
+    """Flow + mask head; warps a source map and blends it into the decoder features."""
+
+    def __init__(self, in_channels: int, style_dim: int) -> None:
+        super().__init__()
+        self.upsample = Upsample()
+        self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self._grids: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def identity_grid(self, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """1 x H x W x 2 grid (x, y) from linspace(-1, 1); cached per shape/device/dtype."""
+        key = (size, device, dtype)
+        if key not in self._grids:
+            xs = torch.linspace(-1, 1, size, dtype=torch.float64)
+            gy, gx = torch.meshgrid(xs, xs, indexing="ij")
+            self._grids[key] = torch.stack([gx, gy], dim=-1)[None].to(device=device, dtype=dtype)
+        return self._grids[key]
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, feat: torch.Tensor,
+                skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (warped source map, blended decoder features, raw 3-channel flow/mask logits)."""
+        raw = self.conv(x, style) + self.bias
+        if skip is not None:
+            raw = raw + self.upsample(skip)
+        grid = self.identity_grid(x.shape[-1], x.device, x.dtype) + torch.tanh(raw[:, 0:2]).permute(0, 2, 3, 1)
+        mask = torch.sigmoid(raw[:, 2:3])
+        warped = F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * mask
+        return warped, warped + x * (1 - mask), raw
+
+
+class ADAIN(nn.Module):
+    """Instance norm modulated by the expression latent: (1 + gamma(e)) * IN(x) + beta(e)."""
+
+    def __init__(self, channels: int, feature_dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.mlp_shared = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU())
+        self.mlp_gamma = nn.Linear(hidden, channels)
+        self.mlp_beta = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        actv = self.mlp_shared(e.flatten(1))
+        gamma = self.mlp_gamma(actv)[:, :, None, None]
+        beta = self.mlp_beta(actv)[:, :, None, None]
+        return F.instance_norm(x, eps=1e-5) * (1 + gamma) + beta
+
+
+class EEM(nn.Module):
+    """Expression Enhancement Module (EDTalk's FineADAINResBlock2d): x + ADAIN_2(conv2(x), e).
+
+    The released code also computes conv1 -> ADAIN_1 -> LeakyReLU and then discards it; we skip that
+    dead branch at run time (10 GMAC/frame at 256) but keep its parameters so official checkpoints load.
+    """
+
+    def __init__(self, channels: int, feature_dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm1 = ADAIN(channels, feature_dim, hidden)
+        self.norm2 = ADAIN(channels, feature_dim, hidden)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
+        if e is None:
+            return x
+        return x + self.norm2(self.conv2(x), e)
+
+
+class Synthesis(nn.Module):
+    """G. Module names mirror EDTalk's `dec` so its checkpoints load unchanged."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        ch, d = cfg.channel, cfg.style_dim
+        self.n_latent = cfg.log_size * 2 - 2
+        self.input = ConstantInput(ch(4))
+        self.conv1 = StyledConv(ch(4), ch(4), 3, d)
+        self.to_rgb1 = ToRGB(ch(4), upsample=False)  # unused by the reference forward; kept for loading
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        self.to_flows = nn.ModuleList()
+        in_ch = ch(4)
+        for res in cfg.map_resolutions:
+            self.convs.append(StyledConv(in_ch, ch(res), 3, d, upsample=True))
+            self.convs.append(StyledConv(ch(res), ch(res), 3, d))
+            self.to_rgbs.append(ToRGB(ch(res)))
+            self.to_flows.append(ToFlow(ch(res), d))
+            in_ch = ch(res)
+        if cfg.has_expression:
+            self.fineadainresblock = nn.ModuleList(
+                [EEM(ch(res), d, cfg.eem_hidden) for res in cfg.map_resolutions])
+        else:
+            self.fineadainresblock = None
+
+    def forward(self, latent: torch.Tensor, feats: list[torch.Tensor],
+                e: torch.Tensor | None = None) -> torch.Tensor:
+        """latent: B x style_dim (f_6^s + m); feats: source maps coarse->fine; e: B x style_dim or None.
+
+        All n_latent style copies of the reference are identical, so one vector serves every layer.
+        Returns the raw RGB image B x 3 x S x S (no tanh, roughly in [-1, 1]).
+        """
+        x = self.conv1(self.input(latent.shape[0]), latent)
+        rgb = raw = None
+        for k, feat in enumerate(feats):
+            x = self.convs[2 * k](x, latent)
+            x = self.convs[2 * k + 1](x, latent)
+            if self.fineadainresblock is not None:
+                feat = self.fineadainresblock[k](feat, e)
+            warped, x, raw = self.to_flows[k](x, latent, feat, raw)
+            rgb = self.to_rgbs[k](warped, rgb)
+        assert rgb is not None
+        return rgb

@@ -1,0 +1,235 @@
+"""StyleGAN2 building blocks shared by E, G and D (EDTalk, via LIA; architecture.md section 1 and 3.1).
+
+Equalised learning rate: weights are stored ~N(0, 1) and scaled at run time by 1/sqrt(fan_in) (Karras et
+al. 2018), which is why official checkpoints hold unit-variance tensors. Parameter names mirror the
+reference code so that EDTalk.pt state dicts load without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BLUR_KERNEL = (1, 3, 3, 1)
+
+
+def make_kernel(k: Sequence[float]) -> torch.Tensor:
+    """Separable FIR kernel: outer product, normalised to sum 1."""
+    t = torch.tensor(k, dtype=torch.float32)
+    if t.ndim == 1:
+        t = t[None, :] * t[:, None]
+    return t / t.sum()
+
+
+def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
+              pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """Upsample by zero insertion, pad, FIR-filter (depthwise) and subsample, as StyleGAN2's upfirdn2d.
+
+    Only non-negative pads occur in this codebase, so the cropping branch of the original is not needed.
+    """
+    b, c, h, w = x.shape
+    if up > 1:
+        # Zero insertion: each sample followed by (up - 1) zeros along both axes.
+        x = x.reshape(b, c, h, 1, w, 1)
+        x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))
+        x = x.reshape(b, c, h * up, w * up)
+    p0, p1 = pad
+    x = F.pad(x, (p0, p1, p0, p1))
+    # conv2d is a correlation, upfirdn2d a convolution: flip the kernel.
+    weight = torch.flip(kernel, (0, 1)).to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
+    x = F.conv2d(x, weight, groups=c)
+    if down > 1:
+        x = x[:, :, ::down, ::down]
+    return x
+
+
+class Blur(nn.Module):
+    """Depthwise FIR low-pass used around strided convs; `kernel` is a buffer (it is in checkpoints)."""
+
+    def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1) -> None:
+        super().__init__()
+        k = make_kernel(kernel)
+        if upsample_factor > 1:
+            k = k * upsample_factor**2
+        self.register_buffer("kernel", k)
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """x2 FIR upsampling of the RGB / flow skip connections."""
+
+    def __init__(self, kernel: Sequence[float] = BLUR_KERNEL, factor: int = 2) -> None:
+        super().__init__()
+        self.factor = factor
+        k = make_kernel(kernel) * factor**2
+        self.register_buffer("kernel", k)
+        p = k.shape[0] - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+
+
+def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor, negative_slope: float = 0.2,
+                     scale: float = 2**0.5) -> torch.Tensor:
+    if bias.ndim == 1 and x.ndim > 2:
+        bias = bias.view(1, -1, *([1] * (x.ndim - 2)))
+    return F.leaky_relu(x + bias, negative_slope) * scale
+
+
+class FusedLeakyReLU(nn.Module):
+    """Learnable per-channel bias, leaky ReLU (0.2), gain sqrt(2)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused_leaky_relu(x, self.bias)
+
+
+class ScaledLeakyReLU(nn.Module):
+    def __init__(self, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, self.negative_slope) * math.sqrt(2)
+
+
+class EqualConv2d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.scale = 1 / math.sqrt(in_channels * kernel_size**2)
+        self.stride = stride
+        self.padding = padding
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, bias=self.bias, stride=self.stride, padding=self.padding)
+
+
+class EqualLinear(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0,
+                 lr_mul: float = 1.0, activation: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.activation = activation
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias * self.lr_mul
+        if self.activation:
+            out = F.linear(x, self.weight * self.scale)
+            return fused_leaky_relu(out, bias if bias is not None else torch.zeros_like(out[0]))
+        return F.linear(x, self.weight * self.scale, bias=bias)
+
+
+class ConvLayer(nn.Sequential):
+    """[Blur] -> EqualConv2d -> [FusedLeakyReLU]; stride-2 when `downsample` (LIA's ConvLayer)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, downsample: bool = False,
+                 bias: bool = True, activate: bool = True) -> None:
+        layers: list[nn.Module] = []
+        if downsample:
+            p = (len(BLUR_KERNEL) - 2) + (kernel_size - 1)
+            layers.append(Blur(BLUR_KERNEL, pad=((p + 1) // 2, p // 2)))
+            stride, padding = 2, 0
+        else:
+            stride, padding = 1, kernel_size // 2
+        layers.append(EqualConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                                  bias=bias and not activate))
+        if activate:
+            layers.append(FusedLeakyReLU(out_channels) if bias else ScaledLeakyReLU(0.2))
+        super().__init__(*layers)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convs (the second strided) plus a strided 1x1 skip; halves the resolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = ConvLayer(in_channels, in_channels, 3)
+        self.conv2 = ConvLayer(in_channels, out_channels, 3, downsample=True)
+        self.skip = ConvLayer(in_channels, out_channels, 1, downsample=True, activate=False, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2)
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated conv (StyleGAN2): per-sample weights, folded into a grouped conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int,
+                 demodulate: bool = True, upsample: bool = False) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.upsample = upsample
+        if upsample:
+            p = (len(BLUR_KERNEL) - 2) - (kernel_size - 1)
+            self.blur = Blur(BLUR_KERNEL, pad=((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2)
+        self.scale = 1 / math.sqrt(in_channels * kernel_size**2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
+        self.demodulate = demodulate
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        k, o = self.kernel_size, self.out_channels
+        s = self.modulation(style).view(b, 1, c, 1, 1)
+        weight = self.scale * self.weight * s  # B x O x C x k x k
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8).view(b, o, 1, 1, 1)
+        x = x.reshape(1, b * c, h, w)
+        if self.upsample:
+            weight = weight.transpose(1, 2).reshape(b * c, o, k, k)
+            out = F.conv_transpose2d(x, weight, padding=0, stride=2, groups=b)
+            out = self.blur(out.view(b, o, out.shape[-2], out.shape[-1]))
+        else:
+            out = F.conv2d(x, weight.reshape(b * o, c, k, k), padding=self.padding, groups=b)
+            out = out.view(b, o, out.shape[-2], out.shape[-1])
+        return out
+
+
+class NoiseInjection(nn.Module):
+    """Kept for checkpoint compatibility: EDTalk never supplies noise, so this is the identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return x if noise is None else x + self.weight * noise
+
+
+class StyledConv(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int,
+                 upsample: bool = False) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channels, out_channels, kernel_size, style_dim, upsample=upsample)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channels)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.noise(self.conv(x, style)))
+
+
+class ConstantInput(nn.Module):
+    def __init__(self, channels: int, size: int = 4) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.expand(batch, -1, -1, -1)
