@@ -67,6 +67,8 @@ class ModelConfig:
         log = math.log2(self.size)
         if log != int(log) or self.size < 64:
             raise ValueError(f"size must be a power of two >= 64, got {self.size}")
+        if self.style_dim < self.motion_dim:
+            raise ValueError(f"style_dim {self.style_dim} < {self.motion_dim} bases: the banks cannot be orthonormal")
         if self.channel(32) <= 0:
             raise ValueError("channel table gives no channels at 32x32")
 

@@ -74,7 +74,8 @@ class FDM(nn.Module):
             w = torch.cat([w, self.direction_exp.weight], dim=1)
         q, _ = torch.linalg.qr(w + 1e-8, mode="reduced")
         if not self.training:
-            self._q_cache = q.detach()
+            # Eval mode means frozen banks: cache a constant (no autograd graph to keep alive).
+            self._q_cache = q = q.detach()
         return q
 
     def train(self, mode: bool = True) -> FDM:
