@@ -1,0 +1,336 @@
+"""The one Pipeline every interface uses: decode, crop, animate, paste back, encode.
+
+    pipe = Pipeline.from_pretrained()                       # or Pipeline(load_bundle(path))
+    src = pipe.prepare_source("portrait.jpg")              # detect, align, crop, encode: once
+    drive = pipe.drive(src, mouth="audio", audio="speech.wav", pose="source", expression="happy")
+    pipe.render(src, drive, "out.mp4")                      # batches -> paste back -> H.264 + audio
+
+Each factor (mouth, pose, expression) comes from its own source (features.md "the headline"):
+a video or image path, "source" (hold the source's own), "audio" (mouth only, Audio2Lip), a preset
+emotion or an EDTalk .npy of 10 weights (expression only). Drivers are read at 25 fps; a driver shorter
+than the output plays forward then backward (ping-pong). Models stay pure; this module owns I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fixtalk.checkpoint import EMOTIONS, Bundle, load_bundle, load_expression_npy
+from fixtalk.errors import InputError
+from fixtalk.models.fdm import Motion
+from fixtalk.models.fixtalk import SourceState
+from fixtalk.runtime import Runtime
+
+log = logging.getLogger(__name__)
+FPS = 25
+SHIPPED = Path(__file__).resolve().parent / "assets" / "model"
+
+
+@dataclass
+class PreparedSource:
+    """A source portrait, aligned and encoded once."""
+
+    image: np.ndarray        # H x W x 3 uint8, the original
+    transform: np.ndarray    # 2 x 3 image -> template transform (for paste-back)
+    crop: np.ndarray         # S x S x 3 uint8, what the model sees
+    state: SourceState       # cached encodings (batch 1)
+    path: str | None = None
+
+
+@dataclass
+class FactorTrack:
+    """Per-frame motion for one factor: bank weights (T x n) before strength scaling."""
+
+    weights: torch.Tensor
+    label: str
+    thumbs: list[np.ndarray] | None = None  # small driver crops, only for --side-by-side
+
+
+@dataclass
+class Drive:
+    lip: FactorTrack
+    pose: FactorTrack
+    exp: FactorTrack | None
+    frames: int
+    audio: str | None = None           # file whose audio track is muxed
+    audio_samples: np.ndarray | None = None
+
+
+def pingpong(i: int, n: int) -> int:
+    """Frame index i of an output longer than a driver of n frames: 0..n-1, n-2..1, 0.. (no repeats)."""
+    if n <= 1:
+        return 0
+    period = 2 * (n - 1)
+    k = i % period
+    return k if k < n else period - k
+
+
+def to_tensor(crop: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> 1x3xHxW float in [-1, 1] (the fixed affine map x / 127.5 - 1)."""
+    return torch.from_numpy(crop).permute(2, 0, 1)[None].float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """Bx3xHxW in [-1, 1] -> BxHxWx3 uint8 by the fixed map (x + 1) * 127.5 (never per-clip min-max)."""
+    return img.float().add(1).mul(127.5).round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+class Pipeline:
+    def __init__(self, bundle: Bundle, runtime: Runtime | None = None, batch_size: int = 8,
+                 progress: bool = True) -> None:
+        self.bundle = bundle
+        self.runtime = runtime or Runtime()
+        self.model = self.runtime.prepare(bundle.model)
+        self.audio2lip = None if bundle.audio2lip is None else self.runtime.prepare(bundle.audio2lip)
+        self.cfg = bundle.model.cfg
+        self.batch_size = batch_size
+        self.progress = progress
+        self._detector = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, **kwargs) -> Pipeline:  # type: ignore[no-untyped-def]
+        """Load a checkpoint directory; None = the model shipped inside the package."""
+        if path is None:
+            if not (SHIPPED / "config.json").is_file():
+                raise InputError(SHIPPED, "no model is shipped with this install yet; pass --checkpoint DIR "
+                                          "(e.g. from `fixtalk convert-edtalk EDTalk.pt DIR` or `fixtalk train`)")
+            path = SHIPPED
+        return cls(load_bundle(path), **kwargs)
+
+    @property
+    def detector(self):  # type: ignore[no-untyped-def]
+        if self._detector is None:
+            from fixtalk.faces import FaceDetector
+
+            self._detector = FaceDetector()
+        return self._detector
+
+    # --- source -----------------------------------------------------------------------------------
+    def prepare_source(self, source: str | Path | np.ndarray, face_index: int = 0) -> PreparedSource:
+        from fixtalk.faces import crop
+        from fixtalk.io import load_image
+
+        path = None if isinstance(source, np.ndarray) else str(source)
+        image = source if isinstance(source, np.ndarray) else load_image(source)
+        face = self.detector.align(image, face_index=face_index, path=path)
+        face_crop = crop(image, face.transform, self.cfg.size)
+        state = self.runtime.run(self.model.prepare_source, to_tensor(face_crop))
+        return PreparedSource(image, face.transform, face_crop, state, path)
+
+    # --- drivers ----------------------------------------------------------------------------------
+    def video_features(self, path: str | Path, max_frames: int | None = None,
+                       thumbs: bool = False, face_index: int = 0) -> tuple[torch.Tensor, list[np.ndarray] | None]:
+        """Motion features (T x style_dim) of every driver frame, 25 fps; faceless frames hold the last."""
+        from fixtalk.faces import FaceTrack, crop
+        from fixtalk.io import open_frames
+
+        track = FaceTrack(self.detector, face_index=face_index, fps=FPS, path=path)
+        feats: list[torch.Tensor] = []
+        small: list[np.ndarray] | None = [] if thumbs else None
+        batch: list[np.ndarray] = []
+        kinds: list[bool] = []  # face found per frame
+        missing = 0
+
+        def flush() -> None:
+            if batch:
+                x = torch.cat([to_tensor(c) for c in batch])
+                feats.append(self.runtime.run(self.model.driving_features, x).float().cpu())
+                batch.clear()
+
+        with open_frames(path, FPS) as reader:
+            bar = self._bar(total=max_frames or reader.frame_count, desc=f"driver {Path(path).name}")
+            for frame in reader:
+                if max_frames is not None and len(kinds) >= max_frames:
+                    break
+                face = track.update(frame)
+                kinds.append(face is not None)
+                if face is None:
+                    missing += 1
+                else:
+                    c = crop(frame, face.transform, self.cfg.size)
+                    batch.append(c)
+                    if small is not None:
+                        small.append(crop(frame, face.transform, 128))
+                    if len(batch) == self.batch_size:
+                        flush()
+                bar.update(1)
+            bar.close()
+        flush()
+        if not any(kinds):
+            raise InputError(path, "no face found in any driver frame")
+        if missing:
+            log.warning("%s: no face in %d of %d frames; holding the last motion there", path, missing, len(kinds))
+        found = torch.cat(feats)
+        # Expand to every frame: a faceless frame repeats the previous (or, at the start, next) face.
+        idx, last = [], -1
+        for has in kinds:
+            last += has
+            idx.append(max(last, 0))
+        out = found[idx]
+        if small is not None:
+            small = [small[i] for i in idx]
+        return out, small
+
+    def audio_lip(self, audio: str | Path) -> tuple[torch.Tensor, np.ndarray]:
+        """Audio2Lip mouth weights (T x 20) at 25 fps, Gaussian-smoothed (architecture.md 6.3)."""
+        from fixtalk.audio import crop_to_frames, load_audio, mel_windows, melspectrogram, num_video_frames
+        from fixtalk.models.audio2lip import smooth_lip_weights
+
+        if self.audio2lip is None:
+            raise InputError(self.bundle.path, "this checkpoint has no Audio2Lip: add one with "
+                                               "`fixtalk convert-edtalk Audio2Lip.pt DIR` or train it")
+        wav = load_audio(audio)
+        n = num_video_frames(wav, FPS)
+        if n < 1:
+            raise InputError(audio, f"audio too short ({len(wav) / 16000:.3f} s): need at least one 40 ms frame")
+        windows = torch.from_numpy(mel_windows(melspectrogram(crop_to_frames(wav, FPS)), n, FPS))
+        out = [self.runtime.run(self.audio2lip, windows[i:i + 256]).float().cpu()
+               for i in range(0, n, 256)]
+        return smooth_lip_weights(torch.cat(out)), wav
+
+    def _factor(self, spec: str, factor: str, src: PreparedSource, cache: dict, side_by_side: bool,
+                audio: str | Path | None) -> FactorTrack:
+        """Bank weights of one factor from its spec (path, 'source', 'audio', emotion, .npy)."""
+        m = src.state.motion
+        own = {"lip": m.lip, "pose": m.pose, "exp": m.exp}[factor].float().cpu()
+        if spec == "source":
+            return FactorTrack(own, "source")
+        if spec == "audio":
+            if factor != "lip":
+                raise InputError(None, f"'audio' can drive the mouth only, not the {factor}")
+            if audio is None:
+                raise InputError(None, "--mouth audio needs --audio FILE")
+            if "audio" not in cache:
+                cache["audio"] = self.audio_lip(audio)
+            return FactorTrack(cache["audio"][0], "audio")
+        if factor == "exp" and not Path(spec).suffix and spec.lower() in EMOTIONS:
+            presets = self.bundle.expression_presets
+            if spec.lower() not in presets:
+                raise InputError(self.bundle.path, f"this checkpoint has no '{spec}' preset "
+                                                   f"(it has: {', '.join(sorted(presets)) or 'none'})")
+            return FactorTrack(torch.from_numpy(presets[spec.lower()]).float(), spec.lower())
+        if factor == "exp" and spec.lower().endswith(".npy"):
+            return FactorTrack(torch.from_numpy(load_expression_npy(spec, self.cfg.exp_dim)), Path(spec).name)
+        p = Path(spec)
+        if not p.exists():
+            hint = (f" (or an emotion: {', '.join(EMOTIONS)})" if factor == "exp" else "")
+            raise InputError(spec, f"file not found; expected a video or image path, 'source'{hint}"
+                             + (", or 'audio'" if factor == "lip" else ""))
+        key = str(p.resolve())
+        if key not in cache:
+            cache[key] = self.video_features(p, thumbs=side_by_side)
+        feats, thumbs = cache[key]
+        heads = {"lip": self.model.fdm.lip_fc, "pose": self.model.fdm.pose_fc,
+                 "exp": getattr(self.model.fdm, "exp_fc", None)}
+        with torch.no_grad():
+            w = torch.cat([heads[factor](self.model.fdm.fc(f.to(self.runtime.device))).float().cpu()
+                           for f in feats.split(256)])
+        return FactorTrack(w, p.name, thumbs)
+
+    def drive(self, src: PreparedSource, mouth: str = "source", pose: str = "source",
+              expression: str | None = "source", audio: str | Path | None = None,
+              side_by_side: bool = False) -> Drive:
+        """Resolve the three factor sources; length = the audio's when audio drives the mouth, else
+        the mouth driver's, else the first video among pose/expression."""
+        if not self.cfg.has_expression and expression not in (None, "source"):
+            raise InputError(self.bundle.path, "this checkpoint has no expression module (lip/pose model)")
+        cache: dict = {}
+        lip = self._factor(mouth, "lip", src, cache, side_by_side, audio)
+        pos = self._factor(pose, "pose", src, cache, side_by_side, audio)
+        exp = self._factor(expression or "source", "exp", src, cache, side_by_side, audio) \
+            if self.cfg.has_expression else None
+        length = next((t.weights.shape[0] for t in (lip, pos, exp)
+                       if t is not None and t.label not in ("source",) and t.weights.shape[0] > 1), None)
+        if mouth == "audio":
+            length = lip.weights.shape[0]
+        if length is None:
+            raise InputError(None, "nothing drives the video: give --driving, --audio, or a video for "
+                                   "--mouth/--pose/--expression")
+        audio_file = str(audio) if audio is not None else (mouth if Path(mouth).is_file() else None)
+        samples = cache["audio"][1] if "audio" in cache else None
+        return Drive(lip, pos, exp, length, audio_file, samples)
+
+    # --- rendering ----------------------------------------------------------------------------------
+    def motions(self, src: PreparedSource, drive: Drive, strength: tuple[float, float, float] = (1, 1, 1)
+                ) -> Iterator[tuple[int, Motion]]:
+        """Batches of bank weights; strength s mixes around the source: own + s * (driver - own)."""
+        own = src.state.motion
+
+        def pick(track: FactorTrack, idx: list[int], s: float, base: torch.Tensor) -> torch.Tensor:
+            n = track.weights.shape[0]
+            w = track.weights[[pingpong(i, n) for i in idx]].to(self.runtime.device)
+            return base + s * (w - base)
+
+        for start in range(0, drive.frames, self.batch_size):
+            idx = list(range(start, min(start + self.batch_size, drive.frames)))
+            lip = pick(drive.lip, idx, strength[0], own.lip.float())
+            pose = pick(drive.pose, idx, strength[1], own.pose.float())
+            exp = None
+            if drive.exp is not None and own.exp is not None:
+                exp = pick(drive.exp, idx, strength[2], own.exp.float())
+            yield start, Motion(lip, pose, exp)
+
+    def frames(self, src: PreparedSource, drive: Drive, strength: tuple[float, float, float] = (1, 1, 1),
+               paste_back: bool = True, side_by_side: bool = False) -> Iterator[np.ndarray]:
+        """Output frames (uint8 RGB), streamed batch by batch."""
+        from fixtalk.faces import paste_back as paste
+
+        for start, motion in self.motions(src, drive, strength):
+            out = to_uint8(self.runtime.run(self.model.render, src.state, motion))
+            for k, face in enumerate(out):
+                frame = paste(src.image, face, src.transform) if paste_back else face
+                if side_by_side:
+                    frame = self._side_by_side(frame, src, drive, start + k)
+                yield frame
+
+    def render(self, src: PreparedSource, drive: Drive, output: str | Path,
+               strength: tuple[float, float, float] = (1, 1, 1), paste_back: bool = True,
+               side_by_side: bool = False) -> Path:
+        """Animate and write an H.264 mp4 (25 fps, audio muxed), atomically."""
+        from fixtalk.io import VideoWriter
+
+        kw: dict = {}
+        if drive.audio_samples is not None:
+            kw = {"audio": drive.audio_samples, "sample_rate": 16000}
+        elif drive.audio is not None and _has_audio(drive.audio):
+            kw = {"audio_from": drive.audio}
+        bar = self._bar(total=drive.frames, desc="render")
+        with VideoWriter(output, FPS, **kw) as writer:
+            for frame in self.frames(src, drive, strength, paste_back, side_by_side):
+                writer.write(frame)
+                bar.update(1)
+        bar.close()
+        return Path(output)
+
+    def _side_by_side(self, frame: np.ndarray, src: PreparedSource, drive: Drive, i: int) -> np.ndarray:
+        import cv2
+
+        h = frame.shape[0]
+        panels = [cv2.resize(src.crop, (h, h), interpolation=cv2.INTER_AREA)]
+        for t in (drive.lip, drive.pose, drive.exp):
+            if t is not None and t.thumbs:
+                panels.append(cv2.resize(t.thumbs[pingpong(i, len(t.thumbs))], (h, h)))
+        panels.append(frame)
+        return np.concatenate([cv2.resize(p, (round(p.shape[1] * h / p.shape[0]), h)) for p in panels], axis=1)
+
+    def _bar(self, total: int, desc: str):  # type: ignore[no-untyped-def]
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, leave=False)
+
+
+def _has_audio(path: str | Path) -> bool:
+    try:
+        import av
+
+        with av.open(str(path)) as c:
+            return bool(c.streams.audio)
+    except Exception:
+        return False
+

@@ -1,0 +1,83 @@
+"""Device, dtype, autocast, no-grad and compile: the one runtime layer between models and interfaces.
+
+Models never choose a device or dtype (conventions.md item 5). `Runtime.run` evaluates a model call in
+inference mode under autocast for bf16/fp16 and, when a tensor comes out non-finite (fp16 overflow on
+older GPUs: "black frames"), warns once and recomputes that call in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+M = TypeVar("M", bound=nn.Module)
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    if hasattr(obj, "__dataclass_fields__"):
+        return [t for f in obj.__dataclass_fields__ for t in _tensors(getattr(obj, f))]
+    return []
+
+
+def _float32(obj: Any) -> Any:
+    """Outputs leave the runtime in float32, so cached state mixes freely with an fp32 fallback."""
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, list):
+        return [_float32(o) for o in obj]
+    if isinstance(obj, tuple):
+        return tuple(_float32(o) for o in obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return type(obj)(**{f: _float32(getattr(obj, f)) for f in obj.__dataclass_fields__})
+    return obj
+
+
+class Runtime:
+    def __init__(self, device: str = "auto", dtype: str = "fp32", compile: bool = False) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        self.compile = compile
+        self._warned = False
+
+    def prepare(self, module: M) -> M:
+        module = module.to(self.device).eval().requires_grad_(False)
+        if self.compile:
+            # The decoder is where the time goes; compiling it alone keeps warm-up short.
+            dec = getattr(module, "dec", None)
+            if dec is not None:
+                module.dec = torch.compile(dec, dynamic=False)  # type: ignore[assignment]
+        return module
+
+    def _move(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return obj.to(self.device)
+        return obj
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        args = tuple(self._move(a) for a in args)
+        with torch.inference_mode():
+            if self.dtype is torch.float32:
+                return fn(*args)
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                out = fn(*args)
+            if all(torch.isfinite(t).all() for t in _tensors(out) if t.is_floating_point()):
+                return _float32(out)
+            if not self._warned:
+                log.warning("non-finite values in %s; recomputing in float32 (use --dtype fp32 to skip %s)",
+                            self.dtype, self.dtype)
+                self._warned = True
+            return fn(*args)
