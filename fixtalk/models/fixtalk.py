@@ -45,6 +45,7 @@ class SourceState:
     motion: Motion              # the source's own bank weights (for "hold the source" factors)
     m: Tensor                   # B x style_dim   Q alpha of the source's own motion (EDI motion key origin)
     f_pi: Tensor | None = None  # B x C           EDI token of f_4^s
+    eem: list[Tensor | None] | None = None  # IN(conv2(f^s)) per level: EEM without per-frame convolutions
 
     def expand(self, batch: int) -> SourceState:
         """The same source repeated for a batch of driver frames (views, no copies)."""
@@ -54,7 +55,7 @@ class SourceState:
         mo = self.motion
         return SourceState(ex(self.latent), [ex(t) for t in self.maps], ex(self.feature),
                            Motion(ex(mo.lip), ex(mo.pose), None if mo.exp is None else ex(mo.exp)),
-                           ex(self.m), None if self.f_pi is None else ex(self.f_pi))
+                           ex(self.m), None if self.f_pi is None else ex(self.f_pi), self.eem)
 
 
 @dataclass
@@ -108,7 +109,9 @@ class FixTalk(nn.Module):
         motion = self.predict_motion(feature, feature, feature)
         m, _ = self.fdm.compose(motion)
         f_pi = self.edi.compress(enc.maps[self.cfg.f4_index]) if self.edi is not None else None
-        return SourceState(enc.latent, enc.maps, feature, motion, m, f_pi)
+        # EDI replaces f_4 per frame, so that level's EEM cannot be cached.
+        eem = self.dec.eem_cache(enc.maps, skip=self.cfg.f4_index if self.edi is not None else None)
+        return SourceState(enc.latent, enc.maps, feature, motion, m, f_pi, eem)
 
     def render(self, src: SourceState, motion: Motion, motion_key: Tensor | None = None) -> Tensor:
         """Draw frames: latent = f_6^s + Q alpha; EDI recalls details by the motion key (Eq. 9).
@@ -124,7 +127,7 @@ class FixTalk(nn.Module):
             i = self.cfg.f4_index
             fused = self.edi.forward_infer(maps[i], key, f_pi_s=src.f_pi)
             maps = [*maps[:i], fused, *maps[i + 1:]]
-        return self.dec(src.latent + m, maps, e)
+        return self.dec(src.latent + m, maps, e, src.eem)
 
     def forward(self, source: Tensor, driver: Tensor) -> Tensor:
         """One driver for all three factors (convenience for tests and ONNX export)."""

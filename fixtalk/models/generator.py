@@ -74,10 +74,13 @@ class ADAIN(nn.Module):
         self.mlp_beta = nn.Linear(hidden, channels)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return self.modulate(F.instance_norm(x, eps=1e-5), e)
+
+    def modulate(self, normed: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         actv = self.mlp_shared(e.flatten(1))
         gamma = self.mlp_gamma(actv)[:, :, None, None]
         beta = self.mlp_beta(actv)[:, :, None, None]
-        return F.instance_norm(x, eps=1e-5) * (1 + gamma) + beta
+        return normed * (1 + gamma) + beta
 
 
 class EEM(nn.Module):
@@ -94,10 +97,17 @@ class EEM(nn.Module):
         self.norm1 = ADAIN(channels, feature_dim, hidden)
         self.norm2 = ADAIN(channels, feature_dim, hidden)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor | None, normed: torch.Tensor | None = None) -> torch.Tensor:
+        """`normed` = precompute(x), when x is a constant source map: then no convolution runs per frame."""
         if e is None:
             return x
-        return x + self.norm2(self.conv2(x), e)
+        if normed is None:
+            normed = self.precompute(x)
+        return x + self.norm2.modulate(normed, e)
+
+    def precompute(self, x: torch.Tensor) -> torch.Tensor:
+        """IN(conv2(x)): everything of EEM that does not depend on e (conv2 reads x, not e)."""
+        return F.instance_norm(self.conv2(x), eps=1e-5)
 
 
 class Synthesis(nn.Module):
@@ -126,11 +136,19 @@ class Synthesis(nn.Module):
         else:
             self.fineadainresblock = None
 
+    def eem_cache(self, feats: list[torch.Tensor], skip: int | None = None) -> list[torch.Tensor | None] | None:
+        """Per-source EEM precomputation (None for the level `skip`, whose map changes per frame)."""
+        if self.fineadainresblock is None:
+            return None
+        blocks = self.fineadainresblock
+        return [None if k == skip else blk.precompute(f) for k, (blk, f) in enumerate(zip(blocks, feats))]
+
     def forward(self, latent: torch.Tensor, feats: list[torch.Tensor],
-                e: torch.Tensor | None = None) -> torch.Tensor:
+                e: torch.Tensor | None = None, eem_cache: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         """latent: B x style_dim (f_6^s + m); feats: source maps coarse->fine; e: B x style_dim or None.
 
         All n_latent style copies of the reference are identical, so one vector serves every layer.
+        `eem_cache` (from `eem_cache(feats)` on a constant source) removes EEM's convolutions per frame.
         Returns the raw RGB image B x 3 x S x S (no tanh, roughly in [-1, 1]).
         """
         x = self.conv1(self.input(latent.shape[0]), latent)
@@ -139,7 +157,10 @@ class Synthesis(nn.Module):
             x = self.convs[2 * k](x, latent)
             x = self.convs[2 * k + 1](x, latent)
             if self.fineadainresblock is not None:
-                feat = self.fineadainresblock[k](feat, e)
+                normed = None if eem_cache is None else eem_cache[k]
+                if normed is not None and normed.shape[0] != feat.shape[0]:
+                    normed = normed.expand(feat.shape[0], -1, -1, -1)
+                feat = self.fineadainresblock[k](feat, e, normed)
             warped, x, raw = self.to_flows[k](x, latent, feat, raw)
             rgb = self.to_rgbs[k](warped, rgb)
         assert rgb is not None

@@ -1,0 +1,215 @@
+"""`fixtalk bench`: where the time goes, and the speed-up over the EDTalk demo's per-frame loop.
+
+Random weights (speed does not depend on them). Three measurements in one run, same model and inputs:
+
+* per module (batch B): E on a driver batch, EMI, FDM (heads + composition), EDI recall, G;
+* model only, per frame: fixtalk's render path (source cached, one encoder pass per driver frame, banks
+  cached, EEM's dead branch skipped, B frames per call) vs the reference loop of EDTalk's demo_EDTalk_V.py
+  (per frame: encode the source and the three driver images, QR the banks, run EEM with its dead
+  branch, batch 1);
+* file to file: a real clip through the Pipeline (decode, face tracking, crop, animate, paste back, H.264)
+  vs the reference demo's file loop (decode, resize to S, the reference model call, encode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fixtalk.config import get_preset
+from fixtalk.models.fixtalk import FixTalk
+from fixtalk.runtime import Runtime
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], object], device: torch.device, iters: int = 3, warmup: int = 1) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+@torch.inference_mode()
+def reference_frame(model: FixTalk, source: torch.Tensor, lip: torch.Tensor, pose: torch.Tensor,
+                    exp: torch.Tensor) -> torch.Tensor:
+    """One frame the way EDTalk's demo computes it (Generator.forward per frame, batch 1)."""
+    wa, feats = model.enc(source)
+    lat = {k: model.enc(x)[0] for k, x in (("lip", lip), ("pose", pose), ("exp", exp))}
+    fdm = model.fdm
+    alpha = [fdm.lip_fc(fdm.fc(lat["lip"])), fdm.pose_fc(fdm.fc(lat["pose"]))]
+    w = fdm.direction_lipnonlip.weight
+    if fdm.exp_dim:
+        alpha.append(fdm.exp_fc(fdm.fc(lat["exp"])))
+        w = torch.cat([w, fdm.direction_exp.weight], 1)
+    q, _ = torch.linalg.qr(w + 1e-8)  # recomputed every frame in the reference
+    a = torch.cat(alpha, -1)
+    m = torch.sum(torch.diag_embed(a) @ q.T, dim=1)
+    e = torch.sum(torch.diag_embed(a[:, fdm.lip_dim + fdm.pose_dim:]) @ q[:, fdm.lip_dim + fdm.pose_dim:].T, 1) \
+        if fdm.exp_dim else None
+    dec = model.dec
+    latent = wa + m
+    x = dec.conv1(dec.input(1), latent)
+    rgb = raw = None
+    for k, feat in enumerate(feats):
+        x = dec.convs[2 * k + 1](dec.convs[2 * k](x, latent), latent)
+        if dec.fineadainresblock is not None:
+            eem = dec.fineadainresblock[k]
+            F.leaky_relu(eem.norm1(eem.conv1(feat), e))  # the released code computes and discards this
+            feat = eem(feat, e)
+        warped, x, raw = dec.to_flows[k](x, latent, feat, raw)
+        rgb = dec.to_rgbs[k](warped, rgb)
+    return rgb
+
+
+def module_times(model: FixTalk, batch: int, rt: Runtime) -> dict[str, float]:
+    """Milliseconds per frame for each module at batch B (source cached)."""
+    s = model.cfg.size
+    x = torch.rand(batch, 3, s, s, device=rt.device) * 2 - 1
+    src = rt.run(model.prepare_source, x[:1])
+    enc = rt.run(model.encode, x)
+    feat = rt.run(model.motion_feature, enc)
+    motion = rt.run(model.predict_motion, feat, feat, feat)
+    res = {"E (encoder)": timeit(lambda: rt.run(model.encode, x), rt.device)}
+    if model.emi is not None:
+        res["EMI"] = timeit(lambda: rt.run(model.motion_feature, enc), rt.device)
+    res["FDM"] = timeit(lambda: rt.run(lambda: model.fdm.compose(model.predict_motion(feat, feat, feat))),
+                        rt.device, iters=10)
+    m, e = rt.run(model.fdm.compose, motion)
+    st = src.expand(batch)
+    maps = st.maps
+    if model.edi is not None:
+        i = model.cfg.f4_index
+        key = m - st.m
+        res["EDI"] = timeit(lambda: rt.run(model.edi.forward_infer, maps[i], key, st.f_pi), rt.device)
+        fused = rt.run(model.edi.forward_infer, maps[i], key, st.f_pi)
+        maps = [*maps[:i], fused, *maps[i + 1:]]
+    res["G (generator)"] = timeit(lambda: rt.run(model.dec, st.latent + m, maps, e), rt.device)
+    return {k: 1000 * v / batch for k, v in res.items()}
+
+
+def model_only(model: FixTalk, batch: int, rt: Runtime) -> tuple[float, float]:
+    """(fixtalk ms/frame at batch B with the source cached, reference loop ms/frame)."""
+    s = model.cfg.size
+    x = torch.rand(batch, 3, s, s, device=rt.device) * 2 - 1
+    src = rt.run(model.prepare_source, x[:1])
+
+    def ours() -> None:
+        feat = rt.run(model.driving_features, x)
+        rt.run(model.render, src, model.predict_motion(feat, feat, feat))
+
+    one = x[:1]
+    ref = timeit(lambda: rt.run(reference_frame, model, one, one, one, one), rt.device)
+    return 1000 * timeit(ours, rt.device) / batch, 1000 * ref
+
+
+def file_to_file(model: FixTalk, rt: Runtime, source: Path, clip: Path, frames: int, batch: int) -> tuple[float, float]:
+    """(pipeline frames/s, reference demo loop frames/s) on the same clip, `frames` frames."""
+    from fixtalk.checkpoint import Bundle
+    from fixtalk.io import VideoWriter, load_image, open_frames
+    from fixtalk.pipeline import Pipeline, to_tensor, to_uint8
+
+    pipe = Pipeline(Bundle(model), rt, batch_size=batch, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.prepare_source(source)  # warm-up: loads the dlib models outside the timed region
+        drive_path = Path(tmp) / "drv.mp4"
+        with VideoWriter(drive_path) as w:  # a clip of exactly `frames` frames for both loops
+            with open_frames(clip) as r:
+                for k, f in enumerate(r):
+                    if k >= frames:
+                        break
+                    w.write(f)
+        t = time.perf_counter()
+        src = pipe.prepare_source(source)
+        drive = pipe.drive(src, mouth=str(drive_path), pose=str(drive_path), expression=str(drive_path))
+        pipe.render(src, drive, Path(tmp) / "ours.mp4")
+        ours = drive.frames / (time.perf_counter() - t)
+
+        import cv2
+
+        t = time.perf_counter()
+        s = model.cfg.size
+        img = cv2.resize(load_image(source), (s, s), interpolation=cv2.INTER_AREA)
+        with open_frames(drive_path) as r, VideoWriter(Path(tmp) / "ref.mp4") as w:
+            n = 0
+            for f in r:
+                d = to_tensor(cv2.resize(f, (s, s), interpolation=cv2.INTER_AREA)).to(rt.device)
+                out = rt.run(reference_frame, model, to_tensor(img).to(rt.device), d, d, d)
+                w.write(to_uint8(out)[0])
+                n += 1
+        ref = n / (time.perf_counter() - t)
+    return ours, ref
+
+
+def peak_memory(rt: Runtime) -> str:
+    if rt.device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(rt.device) / 2**30:.2f} GiB GPU (allocated)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB process RSS"
+
+
+def run(args: argparse.Namespace) -> int:
+    from fixtalk.errors import InputError
+
+    try:
+        cfg = get_preset(args.preset)
+    except KeyError as err:
+        raise InputError(None, str(err.args[0])) from None
+    if args.size:
+        cfg = cfg.replace(size=args.size)
+    rt = Runtime(args.device, args.dtype, args.compile)
+    torch.manual_seed(0)
+    model = rt.prepare(FixTalk(cfg))
+    if rt.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(rt.device)
+    print(f"fixtalk bench: {cfg.name} at {cfg.size}px, device {rt.device}, dtype {args.dtype}, batch {args.batch}"
+          f"{', compiled' if args.compile else ''}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("per module, ms/frame:")
+    for k, v in module_times(model, args.batch, rt).items():
+        print(f"  {k:<16} {v:9.1f}")
+    ours, ref = model_only(model, args.batch, rt)
+    print(f"model only, ms/frame: fixtalk {ours:.1f} | reference loop {ref:.1f} | speed-up x{ref / ours:.2f}")
+    if args.clip and args.source:
+        fo, fr = file_to_file(model, rt, Path(args.source), Path(args.clip), args.frames, args.batch)
+        print(f"file to file ({args.frames} frames), frames/s: pipeline {fo:.2f} | reference demo loop {fr:.2f} "
+              f"| speed-up x{fo / fr:.2f}")
+    print(f"peak memory: {peak_memory(rt)}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, handlers: dict) -> None:
+    p = sub.add_parser("bench", help="per-module timings and speed-up over the EDTalk demo loop")
+    p.add_argument("--preset", default="fixtalk-256")
+    p.add_argument("--size", type=int, help="override the preset's resolution")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--source", help="portrait for the file-to-file measurement")
+    p.add_argument("--clip", help="driving clip for the file-to-file measurement")
+    p.add_argument("--frames", type=int, default=24, help="frames of the clip to use")
+    handlers["bench"] = run
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers(dest="cmd", required=True), {})
+    sys.exit(run(ap.parse_args(["bench", *sys.argv[1:]])))
