@@ -1,0 +1,418 @@
+"""`fixtalk prep`: talking-head videos -> 25-fps face tubes with landmarks and mel windows (architecture.md 7).
+
+Per clip (one worker process each, `multiprocessing` spawn pool):
+
+1. decode at 25 fps (`VideoReader` resamples by timestamp; MEAD's 30 fps becomes 25 like EDTalk's `-r 25`);
+2. track one face (`FaceTrack`: dlib HOG + 68 landmarks, re-detection on failure). Each tracked frame gives
+   the square the inference crop would take (the template-aligned crop of `fixtalk.faces`);
+3. FOMM "tubes": consecutive face frames whose square keeps IoU > 0.25 with the tube's first square, gaps of
+   up to `MAX_GAP` faceless frames allowed (their landmarks are NaN, never dropped); the longest tube is kept;
+4. tube crop: union of the tube's squares, enlarged by 10 % on each side (FOMM `increase_area`), squared,
+   shifted (and if need be shrunk) into the frame; one fixed crop for the whole clip, resized to `size`;
+5. 16 kHz mono audio (the clip's own track, else a same-named .wav next to it or in an `audio/` folder) ->
+   Wav2Lip mel (architecture.md 6.1) -> one 1x80x16 window per kept frame.
+
+Why a tube and not a per-frame aligned crop: FixTalk/EDTalk are one-shot *flow-warping* generators; in a
+fixed crop the background is still and the head moves, which is exactly what a warp field can express, and
+it is the distribution the EDTalk/LIA weights were trained on. Per-frame alignment moves the whole image every
+frame (background swims against the head, landmark jitter becomes global shake) and removes in-plane head
+motion from the pose factor the model must learn. The squares come from the inference alignment, so faces
+in training crops have the scale the pipeline feeds the model (x 1/1.2 for a still head: the 10 % margin).
+
+Output (resumable: a clip with its OUT/clips/<clip>.json result is skipped on re-runs): H.264 clips, npz with
+landmarks and mel windows, manifest.csv and report.json; the format is described in `fixtalk.train.clipstore`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import multiprocessing
+import re
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fixtalk.errors import InputError
+from fixtalk.train.clipstore import FPS, save_npz, write_clip, write_json, write_manifest
+
+if TYPE_CHECKING:  # imported lazily at run time: workers pay for cv2/dlib/PyAV only when they process clips
+    from fixtalk.io import VideoReader
+
+SAMPLES_PER_FRAME = 640            # 16 kHz / 25 fps
+MAX_GAP = 5                        # faceless frames a tube may bridge (their landmarks stay NaN)
+TUBE_IOU = 0.25                    # FOMM: a box joins the tube when IoU with the tube's first box > 0.25
+VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg"}
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg")
+EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrepOptions:
+    """Everything that changes the output of one clip (stored in OUT/prep.json; a change needs a new OUT)."""
+
+    size: int = 256                # output crop side (128, 256 or 512)
+    enlarge: float = 0.1           # FOMM increase_area: margin added on each side of the tube's union box
+    min_frames: int = 25           # shortest tube kept (1 s)
+    max_frames: int | None = None  # read at most this many 25-fps frames per clip (quick tests)
+    crf: int = 18
+
+
+@dataclass
+class Job:
+    path: str
+    clip: str
+    out_dir: str
+    identity: str
+    emotion: str
+    opts: PrepOptions
+    audio: str | None = None       # paired audio file when the video has no track
+
+
+@dataclass
+class ClipResult:
+    clip: str
+    source: str
+    status: str                    # "kept" | "dropped"
+    identity: str = ""
+    emotion: str = ""
+    reason: str = ""
+    frames: int = 0                # frames written
+    frames_in: int = 0             # 25-fps frames read
+    has_audio: bool = False
+    box: list[int] = field(default_factory=list)
+    note: str = ""                 # e.g. an unreadable audio track (the clip is kept without audio)
+
+
+# ----------------------------------------------------------------------------------------------- discovery
+
+def clip_name(rel: Path) -> str:
+    """Relative path -> flat clip name: folders joined by '__', suffix dropped, odd characters replaced."""
+    return re.sub(r"[^A-Za-z0-9_.#+-]", "_", "__".join(rel.with_suffix("").parts))
+
+
+def read_faces_manifest(path: Path) -> dict[Path, dict[str, str]]:
+    """A dataset manifest.csv (columns `file` and `notes`) -> {resolved file path: {identity, emotion}}."""
+    out: dict[Path, dict[str, str]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            notes = row.get("notes") or ""
+            ident = re.search(r"identity=([^;,\s]+)", notes)
+            emo = re.search(r"emotion:(\w+)", notes)
+            out[(path.parent / row.get("file", "")).resolve()] = {
+                "identity": ident.group(1) if ident else "", "emotion": mead_emotion(emo.group(1) if emo else "")}
+    return out
+
+
+def guess_identity(rel: Path) -> str:
+    """Identity without a manifest: a MEAD actor id (M003, W009) anywhere in the path, else the first folder
+    under SRC, else the file stem without a trailing chunk number (HDTF `WDA_KatieHill_000`)."""
+    for part in rel.parts:
+        m = re.search(r"(?:^|[_#\-])([MW]\d{3})(?=$|[_#\-])", part)
+        if m:
+            return m.group(1)
+    if len(rel.parts) > 1:
+        return rel.parts[0]
+    return re.sub(r"([_#\-]\d+)+$", "", rel.stem) or rel.stem
+
+
+def mead_emotion(label: str) -> str:
+    """A label in MEAD's 8 categories (the expression presets), '' for anything else ("expressive", "smile")."""
+    label = {"disgust": "disgusted", "surprise": "surprised", "fearful": "fear"}.get(label.lower(), label.lower())
+    return label if label in EMOTIONS else ""
+
+
+def guess_emotion(rel: Path) -> str:
+    """MEAD emotion from the path (`M003#angry#level_1#001.mp4`, `.../angry/level_1/001.mp4`), else ''."""
+    tokens = set(re.split(r"[_#/\-. ]+", str(rel).lower()))
+    found = [e for e in EMOTIONS if e in tokens]
+    return found[0] if len(found) == 1 else ""
+
+
+def find_audio(video: Path, src: Path) -> Path | None:
+    """A same-named audio file next to the video, in a sibling `audio/` folder, or in SRC/audio."""
+    for folder in (video.parent, video.parent.parent / "audio", src / "audio"):
+        for ext in AUDIO_EXTS:
+            cand = folder / (video.stem + ext)
+            if cand.is_file():
+                return cand
+    return None
+
+
+def split_of(identity: str, test_fraction: float) -> str:
+    """Deterministic identity split: sha1(identity) mapped to [0, 1) below `test_fraction` -> test."""
+    h = int(hashlib.sha1(identity.encode()).hexdigest()[:8], 16) / 2**32
+    return "test" if h < test_fraction else "train"
+
+
+# ----------------------------------------------------------------------------------------------- one clip
+
+def _square(transform: np.ndarray) -> tuple[float, float, float]:
+    """The inference crop square of a face (template frame mapped to the image): (cx, cy, side) in px."""
+    from fixtalk.faces import TEMPLATE_SIZE, apply
+
+    inv = np.vstack([transform, [0, 0, 1]])
+    inv = np.linalg.inv(inv)[:2]
+    cx, cy = apply(inv, np.array([[TEMPLATE_SIZE / 2 - 0.5] * 2]))[0]
+    return float(cx), float(cy), float(TEMPLATE_SIZE * np.hypot(*inv[:, 0]))
+
+
+def _iou(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    ax0, ay0, bx0, by0 = a[0] - a[2] / 2, a[1] - a[2] / 2, b[0] - b[2] / 2, b[1] - b[2] / 2
+    iw = max(0.0, min(ax0 + a[2], bx0 + b[2]) - max(ax0, bx0))
+    ih = max(0.0, min(ay0 + a[2], by0 + b[2]) - max(ay0, by0))
+    inter = iw * ih
+    return inter / (a[2] ** 2 + b[2] ** 2 - inter)
+
+
+def longest_tube(squares: list[tuple[float, float, float] | None]) -> tuple[int, int]:
+    """[start, end) of the longest FOMM tube: faces with IoU > 0.25 to the tube's first face, gaps <= MAX_GAP.
+
+    A tube starts and ends on a face frame; (0, 0) when no frame has a face.
+    """
+    best, start, first, last = (0, 0), -1, (0.0, 0.0, 0.0), -1
+
+    def close() -> None:
+        nonlocal best, start
+        if start >= 0 and last + 1 - start > best[1] - best[0]:
+            best = (start, last + 1)
+        start = -1
+
+    for i, sq in enumerate(squares):
+        if sq is None:
+            if start >= 0 and i - last > MAX_GAP:
+                close()
+            continue
+        if start >= 0 and _iou(sq, first) <= TUBE_IOU:
+            close()
+        if start < 0:
+            start, first = i, sq
+        last = i
+    close()
+    return best
+
+
+def tube_box(squares: list[tuple[float, float, float]], enlarge: float, width: int, height: int) -> tuple[int, ...]:
+    """FOMM compute_bbox: union of the squares, `enlarge` on each side, square, then moved into the frame.
+
+    Returns integer (x0, y0, side); a square larger than the frame is shrunk to fit (never padded: padding
+    would teach G streaky borders).
+    """
+    sq = np.array(squares)
+    x0, y0 = (sq[:, :2] - sq[:, 2:] / 2).min(0)
+    x1, y1 = (sq[:, :2] + sq[:, 2:] / 2).max(0)
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * enlarge)
+    side = int(round(min(side, width, height)))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    bx = int(round(min(max(cx - side / 2, 0), width - side)))
+    by = int(round(min(max(cy - side / 2, 0), height - side)))
+    return bx, by, side
+
+
+def _frames(reader: VideoReader, limit: int | None) -> Iterator[np.ndarray]:
+    """The reader's 25-fps frames, at most `limit`; closes the reader."""
+    try:
+        for i, frame in enumerate(reader):
+            if limit is not None and i >= limit:
+                return
+            yield frame
+    finally:
+        reader.close()
+
+
+def process_clip(job: Job) -> ClipResult:
+    """Prepare one clip; never raises: failures come back as a dropped result with the reason."""
+    res = ClipResult(job.clip, job.path, "dropped", job.identity, job.emotion)
+    try:
+        _process(job, res)
+    except InputError as err:
+        res.reason = f"unreadable: {err.problem}"
+    except Exception as err:  # reported per clip (report.json), never silently swallowed
+        res.reason = f"error: {type(err).__name__}: {err}"
+        log.debug("%s", traceback.format_exc())
+    out = Path(job.out_dir)
+    if res.status != "kept":
+        for suffix in (".mp4", ".npz"):
+            (out / f"{job.clip}{suffix}").unlink(missing_ok=True)
+    write_json(out / f"{job.clip}.json", asdict(res))
+    return res
+
+
+def _process(job: Job, res: ClipResult) -> None:
+    import cv2
+
+    from fixtalk.audio import load_audio, mel_windows, melspectrogram
+    from fixtalk.faces import FaceDetector, FaceTrack
+    from fixtalk.io import VideoReader
+
+    opts, out = job.opts, Path(job.out_dir)
+    track = FaceTrack(FaceDetector(), fps=FPS, path=job.path)
+    squares: list[tuple[float, float, float] | None] = []
+    raw_lms: list[np.ndarray | None] = []
+    reader = VideoReader(job.path, fps=FPS)
+    has_track, (width, height) = reader.has_audio, reader.size
+    for frame in _frames(reader, opts.max_frames):
+        face = track.update(frame)
+        squares.append(None if face is None else _square(face.transform))
+        raw_lms.append(None if face is None else face.landmarks)
+    res.frames_in = len(squares)
+    start, end = longest_tube(squares)
+    if end == start:
+        res.reason = "no face found"
+        return
+    if end - start < opts.min_frames:
+        res.reason = f"no stable face: longest face tube {end - start} frames < {opts.min_frames}"
+        return
+    x0, y0, side = tube_box([s for s in squares[start:end] if s is not None], opts.enlarge, width, height)
+    scale = opts.size / side
+    lms = np.full((end - start, 68, 2), np.nan, np.float32)
+    for i, lm in enumerate(raw_lms[start:end]):
+        if lm is not None:  # crop pixel centres: x_out = (x_in - x0 + 0.5) * scale - 0.5
+            lms[i] = (lm - np.array([x0, y0]) + 0.5) * scale - 0.5
+    audio_source = job.path if has_track else job.audio
+    wav = None
+    try:
+        wav = load_audio(audio_source) if audio_source else None
+    except InputError as err:  # the frames are still good training data for the visual stages
+        res.note = f"audio unreadable, kept without audio: {err}"
+    mel = np.zeros((0, 1, 80, 16), np.float16)
+    clip_audio = None
+    if wav is not None:
+        # Cut or pad to the frames read (EDTalk cuts the wav to the video's frames before the mel).
+        n_samples = len(squares) * SAMPLES_PER_FRAME
+        wav = np.pad(wav[:n_samples], (0, max(0, n_samples - len(wav))))
+        mel = mel_windows(melspectrogram(wav), len(squares))[start:end].astype(np.float16)
+        clip_audio = wav[start * SAMPLES_PER_FRAME:end * SAMPLES_PER_FRAME]
+        res.has_audio = True
+    interp = cv2.INTER_AREA if side > opts.size else cv2.INTER_CUBIC
+
+    def crops() -> Iterator[np.ndarray]:
+        for i, frame in enumerate(_frames(VideoReader(job.path, fps=FPS), end)):
+            if i >= start:
+                yield cv2.resize(frame[y0:y0 + side, x0:x0 + side], (opts.size, opts.size), interpolation=interp)
+
+    n = write_clip(out / f"{job.clip}.mp4", crops(), opts.size, opts.crf, clip_audio)
+    if n != end - start:
+        raise RuntimeError(f"decoded {n} frames on the second pass, {end - start} on the first")
+    save_npz(out / f"{job.clip}.npz", landmarks=lms, mel=mel, fps=np.int32(FPS), size=np.int32(opts.size),
+              start=np.int32(start), box=np.array([x0, y0, side], np.int32))
+    res.status, res.frames, res.box = "kept", n, [x0, y0, side]
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+def _jobs(src: Path, clips_dir: Path, opts: PrepOptions, manifest: Path | None) -> list[Job]:
+    videos = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file()
+                    and clips_dir.parent.resolve() not in p.resolve().parents)
+    if manifest is None:
+        for cand in (src / "manifest.csv", src.parent / "manifest.csv"):
+            if cand.is_file():
+                manifest = cand
+                break
+    meta = read_faces_manifest(manifest) if manifest is not None else {}
+    jobs, seen = [], set()
+    for v in videos:
+        rel = v.relative_to(src)
+        name = clip_name(rel)
+        if name in seen:
+            name = f"{name}_{hashlib.sha1(str(rel).encode()).hexdigest()[:6]}"
+        seen.add(name)
+        m = meta.get(v.resolve(), {})
+        audio = find_audio(v, src)
+        jobs.append(Job(str(v), name, str(clips_dir), m.get("identity") or guess_identity(rel),
+                        m.get("emotion") or guess_emotion(rel), opts, None if audio is None else str(audio)))
+    return jobs
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one clip per process: no oversubscription
+    logging.getLogger("fixtalk").setLevel(logging.ERROR)
+
+
+def prep(src: str | Path, out: str | Path, opts: PrepOptions = PrepOptions(), workers: int = 1,
+         test_fraction: float = 0.1, test_ids: list[str] | None = None, manifest: str | Path | None = None,
+         retry_dropped: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Prepare every video under `src` into `out`; returns the report (also written to out/report.json)."""
+    from tqdm import tqdm
+
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise InputError(src, "not a folder")
+    if opts.size not in (64, 128, 256, 512):
+        raise InputError(None, f"--size must be 128, 256 or 512 (64 for tests), got {opts.size}")
+    clips_dir = out / "clips"
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"size": opts.size, "enlarge": opts.enlarge, "fps": FPS, "max_frames": opts.max_frames,
+                "min_frames": opts.min_frames}
+    prev = out / "prep.json"
+    if prev.is_file() and json.loads(prev.read_text()) != settings:
+        raise InputError(out, f"prepared with other settings ({prev.read_text().strip()}); use a new OUT folder")
+    write_json(prev, settings)
+    jobs = _jobs(src, clips_dir, opts, Path(manifest) if manifest else None)
+    if not jobs:
+        raise InputError(src, "no videos found")
+    results: dict[str, ClipResult] = {}
+    todo = []
+    for job in jobs:
+        done = clips_dir / f"{job.clip}.json"
+        if done.is_file():
+            r = ClipResult(**json.loads(done.read_text()))
+            kept_ok = r.status == "kept" and (clips_dir / f"{job.clip}.npz").is_file()
+            if kept_ok or (r.status == "dropped" and not retry_dropped):
+                r.identity, r.emotion = job.identity, job.emotion
+                results[job.clip] = r
+                continue
+        todo.append(job)
+    bar = tqdm(total=len(todo), desc="prep", unit="clip", disable=not progress or not todo)
+    if workers > 1 and len(todo) > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(workers, len(todo)), initializer=_init_worker) as pool:
+            for r in pool.imap_unordered(process_clip, todo):
+                results[r.clip] = r
+                bar.update()
+    else:
+        for job in todo:
+            r = process_clip(job)
+            results[r.clip] = r
+            bar.update()
+    bar.close()
+    return _finish(out, [results[j.clip] for j in jobs], len(jobs) - len(todo), test_fraction, test_ids)
+
+
+def _finish(out: Path, results: list[ClipResult], skipped: int, test_fraction: float,
+            test_ids: list[str] | None) -> dict[str, Any]:
+    kept = [r for r in results if r.status == "kept"]
+    identities = sorted({r.identity for r in kept})
+    if test_ids is not None:
+        split = {i: "test" if i in test_ids else "train" for i in identities}
+    else:
+        split = {i: split_of(i, test_fraction) for i in identities}
+        if test_fraction > 0 and len(identities) > 1 and "test" not in split.values():
+            # Hash thresholds can leave a small set without a test identity: take the lowest hash.
+            split[min(identities, key=lambda i: hashlib.sha1(i.encode()).hexdigest())] = "test"
+    rows = [{"clip": r.clip, "identity": r.identity, "emotion": r.emotion, "frames": r.frames,
+             "split": split[r.identity], "has_audio": int(r.has_audio), "source": r.source} for r in kept]
+    write_manifest(out, rows)
+    dropped = [r for r in results if r.status != "kept"]
+    frames = sum(r.frames for r in kept)
+    report = {
+        "clips_in": len(results), "kept": len(kept), "dropped": len(dropped), "skipped_done": skipped,
+        "drop_reasons": dict(Counter(r.reason.split(":")[0] for r in dropped)),
+        "dropped_clips": [{"clip": r.clip, "source": r.source, "reason": r.reason} for r in dropped],
+        "frames": frames, "minutes": round(frames / FPS / 60, 3), "frames_in": sum(r.frames_in for r in results),
+        "identities": {s: sum(1 for v in split.values() if v == s) for s in ("train", "test")},
+        "clips_with_audio": sum(r.has_audio for r in kept),
+        "notes": [{"clip": r.clip, "note": r.note} for r in kept if r.note],
+    }
+    write_json(out / "report.json", report)
+    return report

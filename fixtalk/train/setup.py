@@ -1,0 +1,198 @@
+"""Building a run: model config, initial weights, frozen/trainable split, data, checkpoints and presets.
+
+A training checkpoint (RUN/checkpoint.pt) is one `torch.save` dict, read back with `weights_only=True`:
+
+    format "fixtalk-train/1", step, elapsed (s of training so far), config (JSON of the resolved run config),
+    model / d / audio2lip state dicts, opt_g / opt_d optimiser states, rng (one entry per rank),
+    presets (expression presets carried to the exported checkpoint)
+
+It is written to a temporary file and renamed, so a killed run always leaves the previous complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fixtalk.checkpoint import EMOTIONS, load_bundle
+from fixtalk.config import ModelConfig, get_preset
+from fixtalk.errors import InputError
+from fixtalk.models.fixtalk import FixTalk
+from fixtalk.train.data import AudioDataset, Clip, ClipDataset, PairDataset, SwapDataset, read_frames, to_tensor
+from fixtalk.train.options import TrainOptions
+
+TRAIN_FORMAT = "fixtalk-train/1"
+CKPT = "checkpoint.pt"
+
+
+@dataclass
+class InitWeights:
+    """Weights to start from (`--init`): a fixtalk checkpoint dir or a training run / checkpoint.pt."""
+
+    cfg: ModelConfig
+    model: dict[str, torch.Tensor]
+    d: dict[str, torch.Tensor] | None = None
+    audio2lip: dict[str, torch.Tensor] | None = None
+    presets: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(path, f"unreadable training checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(ck, dict) or ck.get("format") != TRAIN_FORMAT:
+        raise InputError(path, f"not a {TRAIN_FORMAT} checkpoint")
+    return ck
+
+
+def save_checkpoint(run: Path, state: dict[str, Any]) -> Path:
+    """Atomic: a temporary sibling, then os.replace onto RUN/checkpoint.pt."""
+    tmp = run / f".{CKPT}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        torch.save({"format": TRAIN_FORMAT, **state}, tmp)
+        os.replace(tmp, run / CKPT)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return run / CKPT
+
+
+def presets_to_lists(presets: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    return {k: np.asarray(v, np.float32).reshape(-1).tolist() for k, v in presets.items()}
+
+
+def read_init(path: str) -> InitWeights:
+    p = Path(path)
+    if p.is_dir() and (p / CKPT).is_file():
+        p = p / CKPT
+    if p.is_file() and p.suffix == ".pt":
+        ck = load_checkpoint(p)
+        cfg = ModelConfig.from_dict(json.loads(ck["config"])["model"])
+        presets = {k: np.asarray(v, np.float32).reshape(1, -1) for k, v in ck.get("presets", {}).items()}
+        return InitWeights(cfg, ck["model"], ck.get("d"), ck.get("audio2lip"), presets, f"training checkpoint {p}")
+    if (p / "config.json").is_file():
+        b = load_bundle(p)
+        a2l = None if b.audio2lip is None else b.audio2lip.state_dict()
+        return InitWeights(b.model.cfg, b.model.state_dict(), None, a2l, b.expression_presets, f"checkpoint {p}")
+    raise InputError(p, "not a fixtalk checkpoint folder, training run or checkpoint.pt "
+                        "(import official EDTalk .pt files with `fixtalk convert-edtalk` first)")
+
+
+def resolve_model_config(opts: TrainOptions, init: InitWeights | None, resumed: dict[str, Any] | None) -> ModelConfig:
+    """Resumed run's config; else --preset (name or .json); else --init's; else fixtalk-small. Then --size."""
+    if resumed is not None:
+        return ModelConfig.from_dict(resumed["model"])
+    if opts.preset:
+        if opts.preset.endswith(".json"):
+            try:
+                cfg = ModelConfig.from_dict(json.loads(Path(opts.preset).read_text()))
+            except (OSError, ValueError, TypeError) as err:
+                raise InputError(opts.preset, f"not a model config ({err})") from None
+        else:
+            try:
+                cfg = get_preset(opts.preset)
+            except KeyError as err:
+                raise InputError(None, str(err.args[0])) from None
+    else:
+        cfg = init.cfg if init is not None else get_preset("fixtalk-small")
+    if opts.size is not None and opts.size != cfg.size:
+        try:
+            cfg = cfg.replace(size=opts.size)
+        except ValueError as err:
+            raise InputError(None, f"--size: {err}") from None
+    if opts.stage == "fixtalk" and not (cfg.use_emi and cfg.use_edi):
+        raise InputError(None, f"stage fixtalk needs a model with EMI and EDI; {cfg.name} has neither/one")
+    if opts.stage == "expression" and not cfg.has_expression:
+        raise InputError(None, f"stage expression needs a model with an expression head; {cfg.name} has exp_dim=0")
+    return cfg
+
+
+def partial_load(module: nn.Module, state: dict[str, torch.Tensor] | None) -> str:
+    """Load every tensor whose name and shape match; returns a one-line summary of what was (not) loaded.
+
+    This is how a FixTalk model starts from EDTalk weights (EMI/EDI new) or a 512 model from a 256 one
+    (architecture.md 9.3: only the stem, first ResBlock and 512-level decoder layers differ).
+    """
+    if state is None:
+        return "nothing to load"
+    own = module.state_dict()
+    ok = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in ok.items()}, strict=False)
+    new = [k for k in own if k not in ok]
+    dropped = [k for k in state if k not in ok]
+    line = f"loaded {len(ok)}/{len(own)} tensors"
+    if new:
+        line += f", {len(new)} new (e.g. {new[0]})"
+    if dropped:
+        line += f", {len(dropped)} of the init not used (e.g. {dropped[0]})"
+    return line
+
+
+def set_trainable(named: list[tuple[str, nn.Parameter]], prefixes: tuple[str, ...], strict: bool) -> list[str]:
+    """requires_grad = name starts with one of `prefixes` (a bare name gets a '.'); returns the trained names.
+
+    `strict` (user-given prefixes): every prefix must match something.
+    """
+    norm = tuple(p if p.endswith(".") else p + "." for p in prefixes)
+    trained = []
+    for name, p in named:
+        p.requires_grad_(name.startswith(norm))
+        if p.requires_grad:
+            trained.append(name)
+    if strict:
+        for pref in norm:
+            if not any(n.startswith(pref) for n, _ in named):
+                raise InputError(None, f"--trainable {pref.rstrip('.')}: no parameter of this model starts with it")
+    if not trained:
+        raise InputError(None, f"nothing to train: no parameter matches {', '.join(prefixes)}")
+    return trained
+
+
+def make_dataset(opts: TrainOptions, clips: list[Clip], size: int, min_length: int) -> ClipDataset:
+    kind = opts.preset_of_stage.data
+    if kind == "swap":
+        return SwapDataset(clips, size, opts.seed, min_length)
+    if kind == "audio":
+        return AudioDataset(clips, size, opts.seed, min_length)
+    return PairDataset(clips, size, opts.seed, min_length, opts.fraction)
+
+
+@torch.no_grad()
+def expression_presets(model: FixTalk, clips: list[Clip], size: int, device: torch.device,
+                       frames_per_clip: int = 8, max_frames: int = 128) -> dict[str, np.ndarray]:
+    """Per-emotion mean of the expression weights (exp_fc) over frames of clips with that emotion label
+    (architecture.md 6.3 [ours]: how EDTalk's predefined_exp_weights/*.npy are regenerated). (1, exp_dim) each."""
+    out: dict[str, np.ndarray] = {}
+    if not model.cfg.has_expression:
+        return out
+    was_training = model.training
+    model.eval()
+    for emotion in EMOTIONS:
+        imgs: list[torch.Tensor] = []
+        for c in (c for c in clips if c.emotion == emotion):
+            idx = np.linspace(0, c.frames - 1, min(frames_per_clip, c.frames)).round().astype(int).tolist()
+            try:
+                imgs += [to_tensor(f, size) for f in read_frames(c.mp4, idx)]
+            except (InputError, OSError):
+                continue
+            if len(imgs) >= max_frames:
+                break
+        if imgs:
+            weights = []
+            for chunk in torch.stack(imgs).to(device).split(16):
+                feat = model.driving_features(chunk)
+                exp = model.predict_motion(feat, feat, feat).exp
+                assert exp is not None
+                weights.append(exp.float().cpu())
+            out[emotion] = torch.cat(weights).mean(0, keepdim=True).numpy()
+    model.train(was_training)
+    return out

