@@ -9,12 +9,16 @@ Each factor (mouth, pose, expression) comes from its own source (features.md "th
 a video or image path, "source" (hold the source's own), "audio" (mouth only, Audio2Lip), a preset
 emotion or an EDTalk .npy of 10 weights (expression only). Drivers are read at 25 fps; a driver shorter
 than the output plays forward then backward (ping-pong). Models stay pure; this module owns I/O.
+
+Memory does not grow with the video: driver frames are decoded, tracked and encoded batch by batch and
+only their motion features (style_dim floats a frame) are kept; output frames go to the encoder as they
+are drawn; side-by-side thumbnails are kept JPEG-compressed (a few KB a frame).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,10 @@ from fixtalk.runtime import Runtime
 log = logging.getLogger(__name__)
 FPS = 25
 SHIPPED = Path(__file__).resolve().parent / "assets" / "model"
+# dlib's tracker fits a face-shaped set of landmarks to anything, even a blank frame; an aligned crop
+# with less contrast than this (std of the 0..255 levels: a black, grey or faded-out frame) holds no face.
+FLAT_CROP_STD = 2.0
+_NAMES = {"lip": "mouth", "pose": "pose", "exp": "expression"}
 
 
 @dataclass
@@ -49,7 +57,7 @@ class FactorTrack:
 
     weights: torch.Tensor
     label: str
-    thumbs: list[np.ndarray] | None = None  # small driver crops, only for --side-by-side
+    thumbs: Sequence[np.ndarray] | None = None  # small driver crops (T of them), only for --side-by-side
 
 
 @dataclass
@@ -59,7 +67,30 @@ class Drive:
     exp: FactorTrack | None
     frames: int
     audio: str | None = None           # file whose audio track is muxed
-    audio_samples: np.ndarray | None = None
+    audio_samples: np.ndarray | None = None  # 16 kHz mono, muxed when `audio` cannot be read by FFmpeg
+
+
+class Thumbs(Sequence[np.ndarray]):
+    """Small RGB driver crops for --side-by-side, one per driver frame, kept as JPEG (~5 KB each);
+    faceless frames share the previous face's (`slot`: driver frame -> stored crop)."""
+
+    def __init__(self) -> None:
+        self.jpeg: list[bytes] = []
+        self.slot: list[int] = []
+
+    def add(self, rgb: np.ndarray) -> None:
+        import cv2
+
+        self.jpeg.append(cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes())
+
+    def __len__(self) -> int:
+        return len(self.slot)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        import cv2
+
+        bgr = cv2.imdecode(np.frombuffer(self.jpeg[self.slot[i]], np.uint8), cv2.IMREAD_COLOR)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # type: ignore[arg-type]
 
 
 def pingpong(i: int, n: int) -> int:
@@ -81,15 +112,40 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     return img.float().add(1).mul(127.5).round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
+def is_emotion(spec: str) -> bool:
+    return not Path(spec).suffix and spec.lower() in EMOTIONS
+
+
+def check_factor(spec: str, factor: str) -> None:
+    """Cheap checks of one factor spec before any model work; InputError naming the file or the value."""
+    name = _NAMES[factor]
+    if spec == "source" or (spec == "audio" and factor == "lip"):
+        return
+    if spec == "audio":
+        raise InputError(None, f"'audio' can drive the mouth only, not the {name}")
+    if factor == "exp" and is_emotion(spec):
+        return
+    if Path(spec).exists():
+        if Path(spec).is_dir():
+            raise InputError(spec, "is a directory, expected a video or image file")
+        return
+    if factor == "exp" and not Path(spec).suffix and "/" not in spec and "\\" not in spec:
+        raise InputError(None, f"unknown expression {spec!r}: expected an emotion ({', '.join(EMOTIONS)}), "
+                               "'source', an EDTalk .npy, or a video/image path")
+    extra = {"lip": ", 'audio'", "pose": "", "exp": f", an emotion ({', '.join(EMOTIONS)})"}[factor]
+    raise InputError(spec, f"file not found (the {name} takes a video or image path, 'source'{extra})")
+
+
 class Pipeline:
-    def __init__(self, bundle: Bundle, runtime: Runtime | None = None, batch_size: int = 8,
+    def __init__(self, bundle: Bundle, runtime: Runtime | None = None, batch_size: int | None = None,
                  progress: bool = True) -> None:
         self.bundle = bundle
         self.runtime = runtime or Runtime()
         self.model = self.runtime.prepare(bundle.model)
         self.audio2lip = None if bundle.audio2lip is None else self.runtime.prepare(bundle.audio2lip)
         self.cfg = bundle.model.cfg
-        self.batch_size = batch_size
+        # Per-sample modulated convs gain nothing from batching on a CPU (measured: batch 1 is fastest).
+        self.batch_size = batch_size or (8 if self.runtime.device.type == "cuda" else 1)
         self.progress = progress
         self._detector = None
 
@@ -112,30 +168,33 @@ class Pipeline:
         return self._detector
 
     # --- source -----------------------------------------------------------------------------------
-    def prepare_source(self, source: str | Path | np.ndarray, face_index: int = 0) -> PreparedSource:
+    def prepare_source(self, source: str | Path | np.ndarray, face_index: int = 0,
+                       path: str | Path | None = None) -> PreparedSource:
+        """Detect, align, crop and encode the portrait. `path` names an already-loaded array in errors."""
         from fixtalk.faces import crop
         from fixtalk.io import load_image
 
-        path = None if isinstance(source, np.ndarray) else str(source)
+        if not isinstance(source, np.ndarray):
+            path = source
+        name = None if path is None else str(path)
         image = source if isinstance(source, np.ndarray) else load_image(source)
-        face = self.detector.align(image, face_index=face_index, path=path)
+        face = self.detector.align(image, face_index=face_index, path=name)
         face_crop = crop(image, face.transform, self.cfg.size)
         state = self.runtime.run(self.model.prepare_source, to_tensor(face_crop))
-        return PreparedSource(image, face.transform, face_crop, state, path)
+        return PreparedSource(image, face.transform, face_crop, state, name)
 
     # --- drivers ----------------------------------------------------------------------------------
-    def video_features(self, path: str | Path, max_frames: int | None = None,
-                       thumbs: bool = False, face_index: int = 0) -> tuple[torch.Tensor, list[np.ndarray] | None]:
+    def video_features(self, path: str | Path, max_frames: int | None = None, thumbs: bool = False,
+                       face_index: int = 0) -> tuple[torch.Tensor, Sequence[np.ndarray] | None]:
         """Motion features (T x style_dim) of every driver frame, 25 fps; faceless frames hold the last."""
         from fixtalk.faces import FaceTrack, crop
         from fixtalk.io import open_frames
 
         track = FaceTrack(self.detector, face_index=face_index, fps=FPS, path=path)
         feats: list[torch.Tensor] = []
-        small: list[np.ndarray] | None = [] if thumbs else None
+        small = Thumbs() if thumbs else None
         batch: list[np.ndarray] = []
         kinds: list[bool] = []  # face found per frame
-        missing = 0
 
         def flush() -> None:
             if batch:
@@ -143,41 +202,42 @@ class Pipeline:
                 feats.append(self.runtime.run(self.model.driving_features, x).float().cpu())
                 batch.clear()
 
-        with open_frames(path, FPS) as reader:
-            bar = self._bar(total=max_frames or reader.frame_count, desc=f"driver {Path(path).name}")
-            for frame in reader:
-                if max_frames is not None and len(kinds) >= max_frames:
-                    break
-                face = track.update(frame)
-                kinds.append(face is not None)
-                if face is None:
-                    missing += 1
-                else:
-                    c = crop(frame, face.transform, self.cfg.size)
-                    batch.append(c)
-                    if small is not None:
-                        small.append(crop(frame, face.transform, 128))
-                    if len(batch) == self.batch_size:
-                        flush()
-                bar.update(1)
-            bar.close()
+        reader = open_frames(path, FPS)
+        with reader:
+            total = reader.frame_count if max_frames is None else min(max_frames, reader.frame_count)
+            bar = self._bar(total=total, desc=f"driver {Path(path).name}")
+            try:
+                for frame in reader:
+                    if max_frames is not None and len(kinds) >= max_frames:
+                        break
+                    face = track.update(frame)
+                    c = None if face is None else crop(frame, face.transform, self.cfg.size)
+                    kinds.append(c is not None and c[::4, ::4].std() >= FLAT_CROP_STD)
+                    if kinds[-1] and face is not None and c is not None:
+                        batch.append(c)
+                        if small is not None:
+                            small.add(crop(frame, face.transform, 128))
+                        if len(batch) == self.batch_size:
+                            flush()
+                    bar.update(1)
+            finally:
+                bar.close()
         flush()
         if not any(kinds):
             raise InputError(path, "no face found in any driver frame")
+        missing = kinds.count(False)
         if missing:
             log.warning("%s: no face in %d of %d frames; holding the last motion there", path, missing, len(kinds))
-        found = torch.cat(feats)
         # Expand to every frame: a faceless frame repeats the previous (or, at the start, next) face.
         idx, last = [], -1
         for has in kinds:
             last += has
             idx.append(max(last, 0))
-        out = found[idx]
         if small is not None:
-            small = [small[i] for i in idx]
-        return out, small
+            small.slot = idx
+        return torch.cat(feats)[idx], small
 
-    def audio_lip(self, audio: str | Path) -> tuple[torch.Tensor, np.ndarray]:
+    def audio_lip(self, audio: str | Path, max_frames: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """Audio2Lip mouth weights (T x 20) at 25 fps, Gaussian-smoothed (architecture.md 6.3)."""
         from fixtalk.audio import crop_to_frames, load_audio, mel_windows, melspectrogram, num_video_frames
         from fixtalk.models.audio2lip import smooth_lip_weights
@@ -186,30 +246,31 @@ class Pipeline:
             raise InputError(self.bundle.path, "this checkpoint has no Audio2Lip: add one with "
                                                "`fixtalk convert-edtalk Audio2Lip.pt DIR` or train it")
         wav = load_audio(audio)
+        if max_frames is not None:
+            # Frame i's mel window ends ~5 frames later; 8 frames of margin keep the kept frames exact.
+            wav = wav[:(max_frames + 8) * 16000 // FPS]
         n = num_video_frames(wav, FPS)
         if n < 1:
             raise InputError(audio, f"audio too short ({len(wav) / 16000:.3f} s): need at least one 40 ms frame")
         windows = torch.from_numpy(mel_windows(melspectrogram(crop_to_frames(wav, FPS)), n, FPS))
         out = [self.runtime.run(self.audio2lip, windows[i:i + 256]).float().cpu()
                for i in range(0, n, 256)]
-        return smooth_lip_weights(torch.cat(out)), wav
+        lip = smooth_lip_weights(torch.cat(out))
+        return (lip, wav) if max_frames is None else (lip[:max_frames], wav[:max_frames * 16000 // FPS])
 
     def _factor(self, spec: str, factor: str, src: PreparedSource, cache: dict, side_by_side: bool,
-                audio: str | Path | None) -> FactorTrack:
-        """Bank weights of one factor from its spec (path, 'source', 'audio', emotion, .npy)."""
-        m = src.state.motion
-        own = {"lip": m.lip, "pose": m.pose, "exp": m.exp}[factor].float().cpu()
+                audio: str | Path | None, max_frames: int | None = None) -> FactorTrack:
+        """Bank weights of one factor from its spec (path, 'source', 'audio', emotion, .npy; see check_factor)."""
+        own: torch.Tensor = getattr(src.state.motion, factor).float().cpu()  # Motion.lip / .pose / .exp
         if spec == "source":
             return FactorTrack(own, "source")
         if spec == "audio":
-            if factor != "lip":
-                raise InputError(None, f"'audio' can drive the mouth only, not the {factor}")
             if audio is None:
                 raise InputError(None, "--mouth audio needs --audio FILE")
             if "audio" not in cache:
-                cache["audio"] = self.audio_lip(audio)
+                cache["audio"] = self.audio_lip(audio, max_frames)
             return FactorTrack(cache["audio"][0], "audio")
-        if factor == "exp" and not Path(spec).suffix and spec.lower() in EMOTIONS:
+        if factor == "exp" and is_emotion(spec):
             presets = self.bundle.expression_presets
             if spec.lower() not in presets:
                 raise InputError(self.bundle.path, f"this checkpoint has no '{spec}' preset "
@@ -218,40 +279,45 @@ class Pipeline:
         if factor == "exp" and spec.lower().endswith(".npy"):
             return FactorTrack(torch.from_numpy(load_expression_npy(spec, self.cfg.exp_dim)), Path(spec).name)
         p = Path(spec)
-        if not p.exists():
-            hint = (f" (or an emotion: {', '.join(EMOTIONS)})" if factor == "exp" else "")
-            raise InputError(spec, f"file not found; expected a video or image path, 'source'{hint}"
-                             + (", or 'audio'" if factor == "lip" else ""))
         key = str(p.resolve())
         if key not in cache:
-            cache[key] = self.video_features(p, thumbs=side_by_side)
+            cache[key] = self.video_features(p, max_frames=max_frames, thumbs=side_by_side)
         feats, thumbs = cache[key]
-        heads = {"lip": self.model.fdm.lip_fc, "pose": self.model.fdm.pose_fc,
-                 "exp": getattr(self.model.fdm, "exp_fc", None)}
+        head = getattr(self.model.fdm, f"{factor}_fc")  # FDM.lip_fc / .pose_fc / .exp_fc
         with torch.no_grad():
-            w = torch.cat([heads[factor](self.model.fdm.fc(f.to(self.runtime.device))).float().cpu()
+            w = torch.cat([head(self.model.fdm.fc(f.to(self.runtime.device))).float().cpu()
                            for f in feats.split(256)])
         return FactorTrack(w, p.name, thumbs)
 
     def drive(self, src: PreparedSource, mouth: str = "source", pose: str = "source",
               expression: str | None = "source", audio: str | Path | None = None,
-              side_by_side: bool = False) -> Drive:
-        """Resolve the three factor sources; length = the audio's when audio drives the mouth, else
-        the mouth driver's, else the first video among pose/expression."""
+              side_by_side: bool = False, max_frames: int | None = None) -> Drive:
+        """Resolve the three factor sources; length = the audio's when audio drives the mouth, else the
+        mouth driver's, else the first video among pose/expression (1 when only stills drive), at most
+        `max_frames` (drivers are then read only that far)."""
         if not self.cfg.has_expression and expression not in (None, "source"):
             raise InputError(self.bundle.path, "this checkpoint has no expression module (lip/pose model)")
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        for spec, factor in ((mouth, "lip"), (pose, "pose"), (expression or "source", "exp")):
+            check_factor(spec, factor)  # every spec before any decoding
         cache: dict = {}
-        lip = self._factor(mouth, "lip", src, cache, side_by_side, audio)
-        pos = self._factor(pose, "pose", src, cache, side_by_side, audio)
-        exp = self._factor(expression or "source", "exp", src, cache, side_by_side, audio) \
+        lip = self._factor(mouth, "lip", src, cache, side_by_side, audio, max_frames)
+        pos = self._factor(pose, "pose", src, cache, side_by_side, audio, max_frames)
+        exp = self._factor(expression or "source", "exp", src, cache, side_by_side, audio, max_frames) \
             if self.cfg.has_expression else None
-        length = next((t.weights.shape[0] for t in (lip, pos, exp)
-                       if t is not None and t.label not in ("source",) and t.weights.shape[0] > 1), None)
+        tracks = [t for t in (lip, pos, exp) if t is not None]
+        length = next((t.weights.shape[0] for t in tracks if t.label != "source" and t.weights.shape[0] > 1),
+                      None)
         if mouth == "audio":
             length = lip.weights.shape[0]
+        if length is None and any(str(Path(s).resolve()) in cache for s in (mouth, pose, expression or "")):
+            length = 1  # only still images drive: a one-frame video
         if length is None:
             raise InputError(None, "nothing drives the video: give --driving, --audio, or a video for "
                                    "--mouth/--pose/--expression")
+        if max_frames is not None:
+            length = min(length, max_frames)
         audio_file = str(audio) if audio is not None else (mouth if Path(mouth).is_file() else None)
         samples = cache["audio"][1] if "audio" in cache else None
         return Drive(lip, pos, exp, length, audio_file, samples)
@@ -296,25 +362,30 @@ class Pipeline:
         from fixtalk.io import VideoWriter
 
         kw: dict = {}
-        if drive.audio_samples is not None:
+        if drive.audio is not None and has_audio(drive.audio):
+            kw = {"audio_from": drive.audio}  # the file's own rate and channels, not the 16 kHz model input
+        elif drive.audio_samples is not None:
             kw = {"audio": drive.audio_samples, "sample_rate": 16000}
-        elif drive.audio is not None and _has_audio(drive.audio):
-            kw = {"audio_from": drive.audio}
         bar = self._bar(total=drive.frames, desc="render")
-        with VideoWriter(output, FPS, **kw) as writer:
-            for frame in self.frames(src, drive, strength, paste_back, side_by_side):
-                writer.write(frame)
-                bar.update(1)
-        bar.close()
+        try:
+            with VideoWriter(output, FPS, **kw) as writer:
+                for frame in self.frames(src, drive, strength, paste_back, side_by_side):
+                    writer.write(frame)
+                    bar.update(1)
+        finally:
+            bar.close()
         return Path(output)
 
     def _side_by_side(self, frame: np.ndarray, src: PreparedSource, drive: Drive, i: int) -> np.ndarray:
+        """[source crop | each distinct driver | result], all at the result's height."""
         import cv2
 
         h = frame.shape[0]
         panels = [cv2.resize(src.crop, (h, h), interpolation=cv2.INTER_AREA)]
+        shown: set[int] = set()
         for t in (drive.lip, drive.pose, drive.exp):
-            if t is not None and t.thumbs:
+            if t is not None and t.thumbs and id(t.thumbs) not in shown:  # --driving: one panel, not three
+                shown.add(id(t.thumbs))
                 panels.append(cv2.resize(t.thumbs[pingpong(i, len(t.thumbs))], (h, h)))
         panels.append(frame)
         return np.concatenate([cv2.resize(p, (round(p.shape[1] * h / p.shape[0]), h)) for p in panels], axis=1)
@@ -325,12 +396,11 @@ class Pipeline:
         return tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, leave=False)
 
 
-def _has_audio(path: str | Path) -> bool:
-    try:
-        import av
+def has_audio(path: str | Path) -> bool:
+    import av
 
+    try:
         with av.open(str(path)) as c:
             return bool(c.streams.audio)
     except Exception:
         return False
-

@@ -14,6 +14,8 @@ factor sources: a video or image path | 'source' (hold the portrait's own) | 'au
 expression also takes an emotion ({', '.join(EMOTIONS)}) or an EDTalk .npy of 10 weights.
 Length: the audio's when audio drives the mouth, else the mouth driver's (then pose, expression).
 A driver shorter than the output plays forward, then backward (ping-pong). Drivers are read at 25 fps.
+Driver frames without a face hold the last face's motion. Bad input: one line on stderr, exit code 2,
+and no output file.
 examples:
   fixtalk animate --source me.jpg --driving talk.mp4 --output out.mp4
   fixtalk animate --source me.jpg --audio speech.wav --expression happy --pose source --output out.mp4
@@ -28,10 +30,10 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     g.add_argument("--source", required=True, help="portrait image (any size; the face is found and aligned)")
     g.add_argument("--output", required=True, help="output .mp4 (written atomically)")
     g.add_argument("--driving", help="one video driving mouth, pose and expression")
-    g.add_argument("--mouth", help="mouth source (default: --driving, or 'audio' when --audio is given)")
+    g.add_argument("--mouth", help="mouth source (default: 'audio' when --audio is given, else --driving)")
     g.add_argument("--pose", help="head-pose source (default: --driving, else 'source')")
     g.add_argument("--expression", help="expression source (default: --driving, else 'source')")
-    g.add_argument("--audio", help="speech that drives the mouth (with --mouth audio) and is muxed in")
+    g.add_argument("--audio", help="speech that drives the mouth (unless --mouth says otherwise); muxed in")
     g.add_argument("--face-index", type=int, default=0, help="which face of the portrait (largest first)")
     s = p.add_argument_group("strength (0 = hold the source, 1 = follow the driver)")
     s.add_argument("--mouth-strength", type=float, default=1.0)
@@ -40,41 +42,69 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     o = p.add_argument_group("output")
     o.add_argument("--no-paste-back", action="store_true", help="write the aligned face crop only")
     o.add_argument("--side-by-side", action="store_true", help="show source, drivers and result")
+    o.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames (a quick preview)")
     r = p.add_argument_group("runtime")
     r.add_argument("--checkpoint", help="checkpoint directory (default: the model shipped in the package)")
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     r.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="reduced precision falls back to fp32 for any non-finite frame")
     r.add_argument("--compile", action="store_true", help="torch.compile the generator")
-    r.add_argument("--batch", type=int, default=8, help="frames per batch")
+    r.add_argument("--batch", type=int, help="frames per batch (default: 8 on CUDA, 1 on CPU)")
     r.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
     handlers["animate"] = _animate
 
 
-def _animate(args: argparse.Namespace) -> int:
+def check_audio(path: str) -> None:
+    """InputError unless `path` is a non-empty file with a readable audio track (before any model work)."""
     from pathlib import Path
 
-    from fixtalk.pipeline import Pipeline
+    from fixtalk.pipeline import has_audio
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "file not found" if not p.exists() else "not a file")
+    if p.stat().st_size == 0:
+        raise InputError(p, "empty file (0 bytes)")
+    try:
+        import soundfile as sf
+
+        sf.info(str(p))
+        return
+    except Exception:  # not for libsndfile: compressed audio, a video container, or not audio at all
+        pass
+    if not has_audio(p):
+        raise InputError(p, "not audio: no readable audio stream (expected wav, mp3, m4a, flac, ... "
+                            "or a video with sound)")
+
+
+def _animate(args: argparse.Namespace) -> int:
+    from fixtalk.io import load_image
+    from fixtalk.pipeline import Pipeline, check_factor
     from fixtalk.runtime import Runtime
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="fixtalk: %(message)s")
+    # Everything cheap is checked before the model loads, so bad input fails in a fraction of a second.
     if not args.output.lower().endswith((".mp4", ".mov", ".mkv")):
         raise InputError(args.output, "output must be a video file (.mp4, .mov or .mkv)")
-    if args.batch < 1:
+    if args.batch is not None and args.batch < 1:
         raise InputError(None, "--batch must be >= 1")
-    mouth = args.mouth or args.driving or ("audio" if args.audio else "source")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise InputError(None, "--max-frames must be >= 1")
+    mouth = args.mouth or ("audio" if args.audio else args.driving) or "source"
     pose = args.pose or args.driving or "source"
     expression = args.expression or args.driving or "source"
-    for name, value in (("--mouth", mouth), ("--pose", pose), ("--expression", expression)):
-        if value == "audio" and name != "--mouth":
-            raise InputError(None, f"{name} cannot be 'audio' (audio drives the mouth only)")
-    if args.audio and not Path(args.audio).exists():
-        raise InputError(args.audio, "file not found")
+    if mouth == "audio" and not args.audio:
+        raise InputError(None, "--mouth audio needs --audio FILE")
+    for value, factor in ((mouth, "lip"), (pose, "pose"), (expression, "exp")):
+        check_factor(value, factor)
+    if args.audio:
+        check_audio(args.audio)
+    image = load_image(args.source)
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=Runtime(args.device, args.dtype, args.compile),
                                     batch_size=args.batch, progress=not args.quiet)
-    src = pipe.prepare_source(args.source, face_index=args.face_index)
+    src = pipe.prepare_source(image, face_index=args.face_index, path=args.source)
     drive = pipe.drive(src, mouth=mouth, pose=pose, expression=expression, audio=args.audio,
-                       side_by_side=args.side_by_side)
+                       side_by_side=args.side_by_side, max_frames=args.max_frames)
     out = pipe.render(src, drive, args.output,
                       strength=(args.mouth_strength, args.pose_strength, args.expression_strength),
                       paste_back=not args.no_paste_back, side_by_side=args.side_by_side)

@@ -2,7 +2,7 @@
 
 Models never choose a device or dtype (conventions.md item 5). `Runtime.run` evaluates a model call in
 inference mode under autocast for bf16/fp16 and, when a tensor comes out non-finite (fp16 overflow on
-older GPUs: "black frames"), warns once and recomputes that call in float32.
+older GPUs: "black frames"), warns once and recomputes that call in float32 (`fallbacks` counts them).
 """
 
 from __future__ import annotations
@@ -44,13 +44,21 @@ def _float32(obj: Any) -> Any:
 
 class Runtime:
     def __init__(self, device: str = "auto", dtype: str = "fp32", compile: bool = False) -> None:
+        from fixtalk.errors import InputError
+
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except RuntimeError:
+            raise InputError(None, f"unknown device {device!r}: use auto, cpu, cuda, cuda:1, mps, ...") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(None, f"device {device!r}: CUDA is not available here (use --device cpu)")
         self.dtype = DTYPES[dtype]
         self.compile = compile
+        self.fallbacks = 0  # calls recomputed in float32 after a non-finite reduced-precision result
         self._warned = False
 
     def prepare(self, module: M) -> M:
@@ -76,6 +84,7 @@ class Runtime:
                 out = fn(*args)
             if all(torch.isfinite(t).all() for t in _tensors(out) if t.is_floating_point()):
                 return _float32(out)
+            self.fallbacks += 1
             if not self._warned:
                 log.warning("non-finite values in %s; recomputing in float32 (use --dtype fp32 to skip %s)",
                             self.dtype, self.dtype)
