@@ -1,0 +1,201 @@
+"""`fixtalk live`: stream a driving video file or a camera through `fixtalk.stream.Stream`.
+
+Frames go in one at a time, as from a camera; the latency of each output frame (from its driver frame's
+arrival to its finished, pasted-back output) is printed, with the median and p95 at the end, and the
+per-stage times (tracking, encoding, rendering, paste-back) separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fixtalk.checkpoint import EMOTIONS
+from fixtalk.errors import InputError
+
+EPILOG = f"""
+factor sources: 'driver' (the --driving frames) | 'source' (hold the portrait's own) | 'audio' (mouth
+only, streamed from --audio in 40 ms chunks) | an emotion for the expression ({', '.join(EMOTIONS)}).
+Audio-driven mouths lag 160 ms behind their audio (Audio2Lip's window + one frame of smoothing).
+examples:
+  fixtalk live --source me.jpg --driving talk.mp4 --checkpoint ckpt --output out.mp4
+  fixtalk live --source me.jpg --driving 0 --checkpoint ckpt --max-frames 250     # camera 0
+  fixtalk live --source me.jpg --driving head.mp4 --audio speech.wav --mouth audio --expression happy
+"""
+
+
+def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argparse.Namespace], int]]) -> None:
+    p = sub.add_parser("live", help="stream a video file or camera through the model, frame by frame",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("inputs")
+    g.add_argument("--source", required=True, help="portrait image")
+    g.add_argument("--driving", required=True, help="driving video file, or a camera index (0, 1, ...)")
+    g.add_argument("--audio", help="speech streamed alongside the frames (for --mouth audio)")
+    g.add_argument("--mouth", default=None, help="driver | source | audio (default: audio with --audio, "
+                                                 "else driver)")
+    g.add_argument("--pose", default="driver", help="driver | source")
+    g.add_argument("--expression", default="driver", help="driver | source | an emotion")
+    g.add_argument("--face-index", type=int, default=0, help="which face of the portrait (largest first)")
+    s = p.add_argument_group("strength (0 = hold the source, 1 = follow the driver)")
+    s.add_argument("--mouth-strength", type=float, default=1.0)
+    s.add_argument("--pose-strength", type=float, default=1.0)
+    s.add_argument("--expression-strength", type=float, default=1.0)
+    o = p.add_argument_group("output")
+    o.add_argument("--output", help="also write the frames to this .mp4 (25 fps)")
+    o.add_argument("--no-paste-back", action="store_true", help="output the aligned face crop only")
+    o.add_argument("--max-frames", type=int, help="stop after this many driver frames (cameras run until "
+                                                  "Ctrl-C otherwise)")
+    o.add_argument("--realtime", action="store_true",
+                   help="feed a video file at its frame rate, as a camera would (default: as fast as possible)")
+    o.add_argument("--quiet", action="store_true", help="print only the summary")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--checkpoint", help="checkpoint directory (default: the model shipped in the package)")
+    r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
+    r.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    r.add_argument("--compile", action="store_true", help="torch.compile the generator")
+    handlers["live"] = _live
+
+
+def _camera(index: int, max_frames: int | None) -> tuple[Iterator[np.ndarray], float]:
+    import cv2
+
+    cap = cv2.VideoCapture(index)
+    if not cap.isOpened():
+        cap.release()
+        raise InputError(f"camera {index}", "cannot be opened (no camera at this index, or no permission)")
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0) or 25.0
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            n = 0
+            while max_frames is None or n < max_frames:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                n += 1
+                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        finally:
+            cap.release()
+
+    return frames(), fps
+
+
+def _video(path: str, max_frames: int | None, realtime: bool) -> Iterator[np.ndarray]:
+    from fixtalk.io import open_frames
+    from fixtalk.pipeline import FPS
+
+    reader = open_frames(path, FPS)  # opened now: a bad file fails before the model loads
+
+    def frames() -> Iterator[np.ndarray]:
+        with reader:
+            t0 = time.perf_counter()
+            for n, frame in enumerate(reader):
+                if max_frames is not None and n >= max_frames:
+                    break
+                if realtime:
+                    time.sleep(max(0.0, t0 + n / FPS - time.perf_counter()))
+                yield frame
+
+    return frames()
+
+
+def summary(latencies: list[float], timings: dict[str, list[float]], wall: float, frames: int) -> str:
+    """The closing report: latency median / p95 / max, throughput, per-stage medians (ms)."""
+    if not latencies:
+        return "no frames were produced"
+    ms = np.asarray(latencies) * 1000
+    stages = ", ".join(f"{k} {np.median(v) * 1000:.1f}" for k, v in timings.items() if v)
+    return (f"{frames} frames in {wall:.2f} s ({frames / wall:.1f} fps)\n"
+            f"latency per frame: median {np.median(ms):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, "
+            f"max {ms.max():.1f} ms (first frame {ms[0]:.1f} ms)\n"
+            f"median per call (ms): {stages}")
+
+
+def _live(args: argparse.Namespace) -> int:
+    from fixtalk.pipeline import FPS, Pipeline
+    from fixtalk.runtime import Runtime
+    from fixtalk.stream import SAMPLES_PER_FRAME, Stream
+
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="fixtalk: %(message)s")
+    if args.output and not args.output.lower().endswith((".mp4", ".mov", ".mkv")):
+        raise InputError(args.output, "output must be a video file (.mp4, .mov or .mkv)")
+    mouth = args.mouth or ("audio" if args.audio else "driver")
+    if mouth == "audio" and not args.audio:
+        raise InputError(None, "--mouth audio needs --audio FILE")
+    camera = args.driving.isdigit() and not Path(args.driving).exists()
+    wav = None
+    if args.audio:
+        from fixtalk.audio import load_audio
+
+        wav = load_audio(args.audio)
+    if camera:
+        frames, fps = _camera(int(args.driving), args.max_frames)
+    else:
+        frames, fps = _video(args.driving, args.max_frames, args.realtime), float(FPS)
+    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=Runtime(args.device, args.dtype, args.compile),
+                                    batch_size=1, progress=False)
+    src = pipe.prepare_source(args.source, face_index=args.face_index)
+    stream = Stream(pipe, src, mouth=mouth, pose=args.pose, expression=args.expression,
+                    strength=(args.mouth_strength, args.pose_strength, args.expression_strength),
+                    paste_back=not args.no_paste_back, fps=fps if mouth != "audio" else FPS)
+    uses_frames = "driver" in (mouth, args.pose, args.expression)
+    feed: np.ndarray | None = wav if mouth == "audio" else None  # streamed into the model, not just muxed
+    writer = None
+    if args.output:
+        from fixtalk.io import VideoWriter, probe
+
+        kw: dict = {}
+        if wav is not None:
+            kw = {"audio": wav, "sample_rate": 16000}
+        elif not camera and probe(args.driving).audio_codec:
+            kw = {"audio_from": args.driving}
+        writer = VideoWriter(args.output, fps if uses_frames else FPS, **kw)
+    shown = 0
+
+    def emit(outs: list[np.ndarray]) -> None:
+        nonlocal shown
+        for frame in outs:
+            if writer is not None:
+                writer.write(frame)
+            if not args.quiet:
+                print(f"frame {shown:5d}  latency {stream.latencies[shown] * 1000:7.1f} ms", flush=True)
+            shown += 1
+
+    t0 = time.perf_counter()
+    pushed = 0
+    try:
+        if uses_frames:
+            for frame in frames:
+                chunk = None
+                if feed is not None:  # the 40 ms of audio that belong to this frame
+                    chunk = feed[pushed * SAMPLES_PER_FRAME:(pushed + 1) * SAMPLES_PER_FRAME]
+                emit(stream.push(frame, chunk if chunk is not None and len(chunk) else None))
+                pushed += 1
+            if feed is not None and args.max_frames is None:  # the audio outlasts the driver: feed the rest
+                emit(stream.push(audio=feed[pushed * SAMPLES_PER_FRAME:]))
+        elif feed is not None:
+            limit = len(feed) if args.max_frames is None else args.max_frames * SAMPLES_PER_FRAME
+            for start in range(0, min(len(feed), limit), SAMPLES_PER_FRAME):
+                emit(stream.push(audio=feed[start:start + SAMPLES_PER_FRAME]))
+        emit(stream.flush())
+    except KeyboardInterrupt:
+        emit(stream.flush())
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    wall = time.perf_counter() - t0
+    if writer is not None:
+        if shown:
+            writer.close()
+        else:
+            writer.abort()
+    print(summary(stream.latencies, stream.timings, wall, shown))
+    if writer is not None and shown:
+        print(f"wrote {args.output} ({shown} frames, {shown / FPS:.2f} s)")
+    return 0
