@@ -168,9 +168,16 @@ def build_demo(app: WebApp, examples_dir: Path | None = None) -> Any:
                           paste, progress)
 
     def check_length(path: str | None) -> None:
-        if path and media_seconds(path) > max_s:
-            raise gr.Error(f"{Path(path).name}: {media_seconds(path):.1f} s long; this server accepts clips "
-                           f"up to {max_s:g} s", duration=None, title="Clip too long", print_exception=False)
+        """On upload: say at once when a clip is unreadable or too long (render says it again)."""
+        if not path:
+            return
+        try:
+            seconds = media_seconds(path)
+        except InputError as err:
+            raise gr.Error(f"{Path(path).name}: {err.problem}", duration=None, print_exception=False) from None
+        if seconds > max_s:
+            raise gr.Error(f"{Path(path).name}: {seconds:.1f} s long; this server accepts clips up to {max_s:g} s",
+                           duration=None, title="Clip too long", print_exception=False)
 
     with gr.Blocks(title="fixtalk", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown("## fixtalk: animate a portrait\nUpload a portrait, choose where the mouth, head pose and "
