@@ -16,16 +16,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
+from conftest import tiny_checkpoint
 from PIL import Image
 
-from fixtalk.checkpoint import EMOTIONS, Bundle, save_bundle
+from fixtalk.checkpoint import EMOTIONS
 from fixtalk.cli import main
-from fixtalk.config import get_preset
 from fixtalk.errors import InputError
 from fixtalk.io import VideoWriter, load_image, open_frames, probe
-from fixtalk.models.audio2lip import Audio2Lip
-from fixtalk.models.fixtalk import FixTalk
 from fixtalk.pipeline import Pipeline
 
 FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
@@ -38,21 +35,13 @@ STILL = "images/liveportrait__d12.jpg"
 SPEECH = "audio/edtalk__mouth_source.wav"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("animate_errors")
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    presets = {e: rng.standard_normal((1, 10)).astype(np.float32) for e in EMOTIONS}
-    ckpt = save_bundle(Bundle(FixTalk(get_preset("fixtalk-small")), Audio2Lip(), presets), tmp / "ckpt")
+    ckpt = tiny_checkpoint(tmp / "ckpt")
     clip = tmp / "clip.mp4"
     with open_frames(FACES / CLIP, fps=None) as reader, VideoWriter(clip, 25, preset="ultrafast") as writer:
         for _, frame in zip(range(30), reader):

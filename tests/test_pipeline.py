@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import tiny_checkpoint
 
-from fixtalk.checkpoint import EMOTIONS, Bundle, load_bundle, save_bundle
+from fixtalk.checkpoint import load_bundle
 from fixtalk.cli import main
-from fixtalk.config import get_preset
 from fixtalk.io import VideoWriter, load_image, open_frames, probe
-from fixtalk.models.audio2lip import Audio2Lip
 from fixtalk.models.fdm import Motion
 from fixtalk.models.fixtalk import FixTalk
 from fixtalk.pipeline import Drive, FactorTrack, Pipeline, Thumbs, pingpong
@@ -55,21 +54,13 @@ def cut(src: Path, dst: Path, frames: int, fps: float, audio: bool = True, grey:
     return dst
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("pipeline")
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    presets = {e: rng.standard_normal((1, 10)).astype(np.float32) for e in EMOTIONS}
-    ckpt = save_bundle(Bundle(FixTalk(get_preset("fixtalk-small")), Audio2Lip(), presets), tmp / "ckpt")
+    ckpt = tiny_checkpoint(tmp / "ckpt")
     stereo44, rate = sf.read(FACES / SPEECH_44K, dtype="float32")
     assert rate == 44100 and stereo44.shape[1] == 2
     sf.write(tmp / "speech44k.wav", stereo44[:round(0.43 * rate)], rate)        # 10 frames and 0.03 s more
