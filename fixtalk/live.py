@@ -17,6 +17,7 @@ import numpy as np
 
 from fixtalk.checkpoint import EMOTIONS
 from fixtalk.errors import InputError
+from fixtalk.pipeline_cli import add_strength_args, strengths
 
 EPILOG = f"""
 factor sources: 'driver' (the --driving frames) | 'source' (hold the portrait's own) | 'audio' (mouth
@@ -41,10 +42,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     g.add_argument("--pose", default="driver", help="driver | source")
     g.add_argument("--expression", default="driver", help="driver | source | an emotion")
     g.add_argument("--face-index", type=int, default=0, help="which face of the portrait (largest first)")
-    s = p.add_argument_group("strength (0 = hold the source, 1 = follow the driver)")
-    s.add_argument("--mouth-strength", type=float, default=1.0)
-    s.add_argument("--pose-strength", type=float, default=1.0)
-    s.add_argument("--expression-strength", type=float, default=1.0)
+    add_strength_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--output", help="also write the frames to this .mp4 (25 fps)")
     o.add_argument("--no-paste-back", action="store_true", help="output the aligned face crop only")
@@ -141,7 +139,7 @@ def _live(args: argparse.Namespace) -> int:
                                     batch_size=1, progress=False)
     src = pipe.prepare_source(args.source, face_index=args.face_index)
     stream = Stream(pipe, src, mouth=mouth, pose=args.pose, expression=args.expression,
-                    strength=(args.mouth_strength, args.pose_strength, args.expression_strength),
+                    strength=strengths(args),
                     paste_back=not args.no_paste_back, fps=fps if mouth != "audio" else FPS)
     uses_frames = "driver" in (mouth, args.pose, args.expression)
     feed: np.ndarray | None = wav if mouth == "audio" else None  # streamed into the model, not just muxed

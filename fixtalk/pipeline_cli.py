@@ -23,6 +23,18 @@ examples:
 """
 
 
+def add_strength_args(p: argparse.ArgumentParser) -> None:
+    """Per-factor strengths, shared by `animate` and `live`."""
+    s = p.add_argument_group("strength (0 = hold the source, 1 = follow the driver)")
+    s.add_argument("--mouth-strength", type=float, default=1.0)
+    s.add_argument("--pose-strength", type=float, default=1.0)
+    s.add_argument("--expression-strength", type=float, default=1.0)
+
+
+def strengths(args: argparse.Namespace) -> tuple[float, float, float]:
+    return args.mouth_strength, args.pose_strength, args.expression_strength
+
+
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argparse.Namespace], int]]) -> None:
     p = sub.add_parser("animate", help="animate a portrait", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,10 +47,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     g.add_argument("--expression", help="expression source (default: --driving, else 'source')")
     g.add_argument("--audio", help="speech that drives the mouth (unless --mouth says otherwise); muxed in")
     g.add_argument("--face-index", type=int, default=0, help="which face of the portrait (largest first)")
-    s = p.add_argument_group("strength (0 = hold the source, 1 = follow the driver)")
-    s.add_argument("--mouth-strength", type=float, default=1.0)
-    s.add_argument("--pose-strength", type=float, default=1.0)
-    s.add_argument("--expression-strength", type=float, default=1.0)
+    add_strength_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--no-paste-back", action="store_true", help="write the aligned face crop only")
     o.add_argument("--side-by-side", action="store_true", help="show source, drivers and result")
@@ -106,7 +115,7 @@ def _animate(args: argparse.Namespace) -> int:
     drive = pipe.drive(src, mouth=mouth, pose=pose, expression=expression, audio=args.audio,
                        side_by_side=args.side_by_side, max_frames=args.max_frames)
     out = pipe.render(src, drive, args.output,
-                      strength=(args.mouth_strength, args.pose_strength, args.expression_strength),
+                      strength=strengths(args),
                       paste_back=not args.no_paste_back, side_by_side=args.side_by_side)
     if not args.quiet:
         print(f"wrote {out} ({drive.frames} frames, {drive.frames / 25:.2f} s)")

@@ -14,14 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
+from conftest import tiny_checkpoint
 
-from fixtalk.checkpoint import EMOTIONS, Bundle, save_bundle
-from fixtalk.config import get_preset
 from fixtalk.errors import InputError
 from fixtalk.io import VideoWriter, open_frames, probe
-from fixtalk.models.audio2lip import Audio2Lip
-from fixtalk.models.fixtalk import FixTalk
 from fixtalk.pipeline import Pipeline, PreparedSource
 from fixtalk.stream import SAMPLES_PER_FRAME, Stream, audio_frames_needed
 
@@ -37,13 +33,6 @@ def read_frames(path: Path | str, limit: int | None = None) -> list[np.ndarray]:
     reader = open_frames(path)
     with reader:
         return [f for _, f in zip(range(limit or 10**9), reader)]
-
-
-def tiny_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    presets = {e: rng.standard_normal((1, 10)).astype(np.float32) for e in EMOTIONS}
-    return save_bundle(Bundle(FixTalk(get_preset("fixtalk-small")), Audio2Lip(), presets), path)
 
 
 @pytest.fixture(scope="module")

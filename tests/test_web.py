@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_checkpoint
 from PIL import Image
 
 from fixtalk.errors import InputError
@@ -45,23 +46,9 @@ needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).is_file(),
                                     reason=f"Chromium not installed at {CHROMIUM} (apt-get install -y chromium)")
 
 
-def _tiny_checkpoint(path: Path) -> Path:
-    import torch
-
-    from fixtalk.checkpoint import EMOTIONS, Bundle, save_bundle
-    from fixtalk.config import get_preset
-    from fixtalk.models.audio2lip import Audio2Lip
-    from fixtalk.models.fixtalk import FixTalk
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    presets = {e: rng.standard_normal((1, 10)).astype(np.float32) for e in EMOTIONS}
-    return save_bundle(Bundle(FixTalk(get_preset("fixtalk-small")), Audio2Lip(), presets), path)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_checkpoint(tmp_path_factory.mktemp("web") / "ckpt")
+    return tiny_checkpoint(tmp_path_factory.mktemp("web") / "ckpt")
 
 
 # --- without a browser: the handler ---------------------------------------------------------------------
