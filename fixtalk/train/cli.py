@@ -83,6 +83,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
                     help="backbone of the perceptual pyramid (vgg19 needs --vgg19)")
     l_.add_argument("--vgg19", help="torchvision vgg19-dcbb9e9d.pth")
     l_.add_argument("--syncnet", help="Wav2Lip lipsync_expert.pth for the audio2lip SyncNet loss")
+    l_.add_argument("--loss-weight", action="append", metavar="NAME=VALUE",
+                    help="replace one loss weight (repeatable), e.g. gan=0 (drops D) or perceptual=0.5")
     l_.add_argument("--no-image-losses", action="store_true", help="audio2lip: weight losses only")
     l_.add_argument("--frame-fraction", type=float, help="use only the first fraction of each clip (finetune 0.8)")
     l_.add_argument("--split", choices=["train", "test", "all"], help="manifest split (default train; finetune all)")
@@ -108,7 +110,7 @@ def _prep(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from fixtalk.train.loop import train
-    from fixtalk.train.options import TrainOptions, parse_duration
+    from fixtalk.train.options import TrainOptions, parse_duration, parse_loss_weights
 
     trainable = tuple(s.strip() for s in args.trainable.split(",") if s.strip()) if args.trainable else None
     opts = TrainOptions(
@@ -117,5 +119,6 @@ def _train(args: argparse.Namespace) -> int:
         d_lr=args.d_lr, perceptual=args.perceptual, vgg19=args.vgg19, syncnet=args.syncnet, trainable=trainable,
         save_every=args.save_every, log_every=args.log_every, sample_every=args.sample_every, seed=args.seed,
         workers=args.workers, precision=args.precision, curriculum_max=args.curriculum_max,
-        image_losses=not args.no_image_losses, frame_fraction=args.frame_fraction, split=args.split)
+        image_losses=not args.no_image_losses, frame_fraction=args.frame_fraction, split=args.split,
+        weights=parse_loss_weights(args.loss_weight))
     return train(opts, dry_run=args.dry_run)

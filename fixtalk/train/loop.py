@@ -128,7 +128,8 @@ def _train(opts: TrainOptions, env: DistEnv, dry_run: bool) -> int:
 
     torch.manual_seed(opts.seed + env.rank)
     model = FixTalk(cfg)
-    d = Discriminator(cfg) if preset.uses_d else None
+    # --loss-weight gan=0 drops D altogether (no wasted D passes; L1 + perceptual only).
+    d = Discriminator(cfg) if preset.uses_d and opts.weights.gan > 0 else None
     has_a2l = opts.stage == "audio2lip" or (init is not None and init.audio2lip is not None) or \
         (ck is not None and ck.get("audio2lip") is not None)
     a2l = Audio2Lip(cfg.lip_dim) if has_a2l else None

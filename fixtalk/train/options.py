@@ -45,6 +45,21 @@ STAGES: dict[str, StagePreset] = {
 }
 
 
+def parse_loss_weights(items: list[str] | None) -> LossWeights:
+    """['gan=0', 'perceptual=0.5'] -> LossWeights with those fields replaced (InputError on a bad item)."""
+    names = {f.name for f in dataclasses.fields(LossWeights)}
+    changes: dict[str, float] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in names:
+            raise InputError(None, f"--loss-weight {item!r}: use NAME=VALUE, NAME one of {', '.join(sorted(names))}")
+        try:
+            changes[key.strip()] = float(value)
+        except ValueError:
+            raise InputError(None, f"--loss-weight {item!r}: {value!r} is not a number") from None
+    return dataclasses.replace(LossWeights(), **changes)
+
+
 def parse_duration(text: str | None) -> float | None:
     """'2h', '90m', '1h30m', '45s', '3600' -> seconds (None stays None)."""
     if text is None:

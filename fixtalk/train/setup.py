@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,14 +167,27 @@ def make_dataset(opts: TrainOptions, clips: list[Clip], size: int, min_length: i
     return PairDataset(clips, size, opts.seed, min_length, opts.fraction)
 
 
+MEAD_SPEAKER = re.compile(r"(?:^|[_\W])[MW]\d{3}_")  # MEAD speaker ids: M030_, W011_, ...
+
+
+def preset_clips(clips: list[Clip]) -> list[Clip]:
+    """The labelled clips the presets are computed from: MEAD ones (speaker id in the name) when present."""
+    labelled = [c for c in clips if c.emotion in EMOTIONS]
+    mead = [c for c in labelled if MEAD_SPEAKER.search(c.name)]
+    return mead or labelled
+
+
 @torch.no_grad()
 def expression_presets(model: FixTalk, clips: list[Clip], size: int, device: torch.device,
                        frames_per_clip: int = 8, max_frames: int = 128) -> dict[str, np.ndarray]:
     """Per-emotion mean of the expression weights (exp_fc) over frames of clips with that emotion label
-    (architecture.md 6.3 [ours]: how EDTalk's predefined_exp_weights/*.npy are regenerated). (1, exp_dim) each."""
+    (architecture.md 6.3 [ours]: how EDTalk's predefined_exp_weights/*.npy are regenerated). (1, exp_dim) each.
+    MEAD clips are used where there are any: their eight labels are acted at a controlled intensity, while
+    free-form labels ("expressive", a "happy" vlog) mix emotion with speaking style."""
     out: dict[str, np.ndarray] = {}
     if not model.cfg.has_expression:
         return out
+    clips = preset_clips(clips)
     was_training = model.training
     model.eval()
     for emotion in EMOTIONS:
