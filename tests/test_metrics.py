@@ -134,7 +134,7 @@ def test_niqe_missing_params(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "path", [])
     try:
         with pytest.raises(M.MetricUnavailable, match=r"pip install --no-deps basicsr==1\.4\.2"):
-            M.niqe(np.zeros((96, 96), np.uint8))
+            M.niqe(np.zeros((192, 192), np.uint8))
     finally:
         niqe.pristine_params.cache_clear()
 
@@ -297,3 +297,9 @@ def test_metric_unavailable_message() -> None:
     assert str(err) == "X unavailable: weights/x.pth not found. Install it with `pip install x`."
     with pytest.raises(M.MetricUnavailable, match="pip install nothing-here"):
         package_file("no_such_package_xyz", "a.bin", metric="X", install="pip install nothing-here")
+
+
+def test_niqe_too_small_is_unavailable_not_a_crash() -> None:
+    """At 128 px the half-scale image holds no 96-px block; that is a labelled n/a, not an SVD error."""
+    with pytest.raises(M.MetricUnavailable, match="192x192 or larger"):
+        M.niqe(np.full((128, 128, 3), 100, np.uint8))

@@ -151,6 +151,10 @@ def niqe(image: np.ndarray, crop_border: int = 0, block_size: int = BLOCK_SIZE) 
     y = rgb_to_y(img) if img.ndim == 3 else img.astype(np.float32)
     if crop_border:
         y = y[crop_border:-crop_border, crop_border:-crop_border]
+    if min(y.shape[:2]) < 2 * block_size:
+        # The second NIQE scale is the half-size image, which must still hold one whole block.
+        raise MetricUnavailable("NIQE", f"a {2 * block_size}x{2 * block_size} or larger image (got "
+                                f"{y.shape[1]}x{y.shape[0]})", "Use a larger --eval-size.")
     return niqe_y(np.round(y), block_size)
 
 
