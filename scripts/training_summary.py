@@ -3,7 +3,7 @@
     python scripts/training_summary.py runs/recon runs/mouth-pose runs/expression runs/fixtalk runs/audio2lip
 
 Per run: stage, batch, steps, training time (the loop's own `elapsed`, summed over resumes), samples seen,
-and the mean of each loss over the first and the last 50 logged steps, so the card shows what moved.
+and the mean of each loss over the first and the last 5 log rows, so the card shows what moved.
 """
 
 from __future__ import annotations
@@ -12,20 +12,22 @@ import argparse
 import json
 from pathlib import Path
 
+from fixtalk.train.options import STAGES
 
-def summarise(run: Path, window: int = 50) -> dict:
+
+def summarise(run: Path, rows_per_end: int = 5) -> dict:
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "elapsed" in r and "event" not in r]
     cfg = json.loads((run / "config.json").read_text())
     last = max((r for r in rows if "elapsed" in r), key=lambda r: r["step"])
-    batch = cfg["options"]["batch"] or 0
+    batch = cfg["options"]["batch"] or STAGES[cfg["stage"]].batch  # None = the stage's default
     keys = sorted({k for r in steps for k in r if k.startswith("loss/")})
 
     def mean(part: list[dict], k: str) -> float | None:
         vals = [r[k] for r in part if k in r]
         return sum(vals) / len(vals) if vals else None
 
-    first, final = steps[: window // 10 or 1], steps[-(window // 10 or 1):]
+    first, final = steps[:rows_per_end], steps[-rows_per_end:]
     return {"run": str(run), "stage": cfg["stage"], "batch": batch, "steps": last["step"],
             "hours": last["elapsed"] / 3600, "samples": last["step"] * batch,
             "losses": {k[5:]: (mean(first, k), mean(final, k)) for k in keys}}

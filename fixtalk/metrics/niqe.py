@@ -112,8 +112,10 @@ def niqe_y(y: np.ndarray, block_size: int = BLOCK_SIZE) -> float:
     mu_pris, cov_pris, window = pristine_params()
     h, w = y.shape
     nh, nw = h // block_size, w // block_size
-    if nh == 0 or nw == 0:
-        raise ValueError(f"NIQE needs at least {block_size}x{block_size} pixels, got {h}x{w}")
+    if min(h, w) < 2 * block_size:
+        # The second NIQE scale is the half-size image, which must still hold one whole block.
+        raise MetricUnavailable("NIQE", f"a {2 * block_size}x{2 * block_size} or larger image (got {w}x{h})",
+                                "Use a larger --eval-size.")
     img: np.ndarray = y[: nh * block_size, : nw * block_size].astype(np.float32)
     scales = []
     for scale in (1, 2):
@@ -151,10 +153,6 @@ def niqe(image: np.ndarray, crop_border: int = 0, block_size: int = BLOCK_SIZE) 
     y = rgb_to_y(img) if img.ndim == 3 else img.astype(np.float32)
     if crop_border:
         y = y[crop_border:-crop_border, crop_border:-crop_border]
-    if min(y.shape[:2]) < 2 * block_size:
-        # The second NIQE scale is the half-size image, which must still hold one whole block.
-        raise MetricUnavailable("NIQE", f"a {2 * block_size}x{2 * block_size} or larger image (got "
-                                f"{y.shape[1]}x{y.shape[0]})", "Use a larger --eval-size.")
     return niqe_y(np.round(y), block_size)
 
 
