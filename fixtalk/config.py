@@ -59,6 +59,7 @@ class ModelConfig:
     eem_hidden: int = 128           # ADAIN MLP width inside EEM
     use_emi: bool = False
     use_edi: bool = False
+    rgb_warp: bool = False          # pixel path: warp the source image too (generator.PixelWarp; CPU presets)
     emi: EMIConfig = field(default_factory=EMIConfig)
     edi: EDIConfig = field(default_factory=EDIConfig)
     name: str = "custom"
@@ -138,6 +139,7 @@ PRESETS: dict[str, ModelConfig] = {
         eem_hidden=64,
         use_emi=True,
         use_edi=True,
+        rgb_warp=True,
         emi=EMIConfig(layers=1, heads=4, queries=16, ffn_mult=2),
         edi=EDIConfig(slots=256, decompress_channels=64, heads=4, ffn_mult=2),
     ),

@@ -5,6 +5,7 @@
   squared L2 written in the paper), `gan_generator_loss`, `gan_discriminator_loss` (non-saturating).
 * FixTalk (Sec. 4): `disentangle_loss` (L_dis, Eq. 4), `memory_recall_loss` (L_d-mem, Eq. 6),
   `memory_align_kl` (L_align, Eq. 8).
+* Pixel path (docs/quality.md): `landmark_flow_loss`, MetaPortrait's landmark-guided flow supervision.
 * EDTalk stages: `latent_consistency` (Mouth-Pose decoupling), `audio2lip_regression`,
   `audio2lip_smoothness` (Audio2Lip).
 
@@ -39,6 +40,7 @@ class LossWeights:
     audio_smooth: float = 0.1        # Audio2Lip temporal smoothness
     face_crop: float = 1.0           # audio stage: L1 on 96x96 face crops
     sync: float = 5.0                # audio stage: SyncNet BCE
+    landmark_flow: float = 0.0       # pixel path: the flow carries driver landmarks onto the source's (MetaPortrait)
 
 
 # --- image losses (Eqs. 2-3) ----------------------------------------------------------------------
@@ -149,6 +151,25 @@ def memory_align_kl(alpha_ms: Tensor, alpha_d: Tensor, eps: float = 1e-12) -> Te
     p = alpha_ms.float()
     q = alpha_d.detach().float()
     return (p * (p.clamp_min(eps).log() - q.clamp_min(eps).log())).sum(dim=-1).mean()
+
+
+# --- pixel path (rgb_warp) -------------------------------------------------------------------------
+
+
+def landmark_flow_loss(grid: Tensor, lm_driver: Tensor, lm_source: Tensor) -> Tensor:
+    """Mean L1 (in pixels) between where the flow samples the source at each driver landmark and that
+    landmark on the source (MetaPortrait, Zhang et al. CVPR 2023, Sec. 3.1: landmark-guided warping).
+
+    grid: B x S x S x 2 sampling grid (align_corners=True units, x then y); lm_driver, lm_source: B x N x 2
+    in output pixels (centres at integers); NaN rows (no face found) are left out. Zero when none is valid.
+    """
+    size = grid.shape[1]
+    valid = ~(torch.isnan(lm_driver).any(-1) | torch.isnan(lm_source).any(-1))  # B x N
+    to_unit = lambda p: p.nan_to_num(0.0) * (2.0 / (size - 1)) - 1.0  # noqa: E731
+    where = F.grid_sample(grid.permute(0, 3, 1, 2).float(), to_unit(lm_driver.float())[:, None],
+                          mode="bilinear", padding_mode="border", align_corners=True)  # B x 2 x 1 x N
+    err = (where[:, :, 0].transpose(1, 2) - to_unit(lm_source.float())).abs().sum(-1) * ((size - 1) / 2.0)
+    return (err * valid).sum() / valid.sum().clamp_min(1)
 
 
 # --- EDTalk stages ----------------------------------------------------------------------------------

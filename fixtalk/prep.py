@@ -3,21 +3,19 @@
 Per clip (one worker process each, `multiprocessing` spawn pool):
 
 1. decode at 25 fps (`VideoReader` resamples by timestamp; MEAD's 30 fps becomes 25 like EDTalk's `-r 25`);
-2. track one face (`FaceTrack`: dlib HOG + 68 landmarks, re-detection on failure). Each tracked frame gives
-   the square the inference crop would take (the template-aligned crop of `fixtalk.faces`);
+2. track one face (`FaceTrack`: dlib HOG + 68 landmarks, re-detection on failure, One-Euro smoothing): the
+   tracker the Pipeline and `fixtalk eval` use, so each frame gets exactly the transform inference would give it;
 3. FOMM "tubes": consecutive face frames whose square keeps IoU > 0.25 with the tube's first square, gaps of
    up to `MAX_GAP` faceless frames allowed (their landmarks are NaN, never dropped); the longest tube is kept;
-4. tube crop: union of the tube's squares, enlarged by 10 % on each side (FOMM `increase_area`), squared,
-   shifted (and if need be shrunk) into the frame; one fixed crop for the whole clip, resized to `size`;
+4. crop every frame with its tracked transform (`fixtalk.faces.crop`: template framing, edge pixels repeated
+   outside the frame); a faceless frame inside the tube holds the last transform;
 5. 16 kHz mono audio (the clip's own track, else a same-named .wav next to it or in an `audio/` folder) ->
    Wav2Lip mel (architecture.md 6.1) -> one 1x80x16 window per kept frame.
 
-Why a tube and not a per-frame aligned crop: FixTalk/EDTalk are one-shot *flow-warping* generators; in a
-fixed crop the background is still and the head moves, which is exactly what a warp field can express, and
-it is the distribution the EDTalk/LIA weights were trained on. Per-frame alignment moves the whole image every
-frame (background swims against the head, landmark jitter becomes global shake) and removes in-plane head
-motion from the pose factor the model must learn. The squares come from the inference alignment, so faces
-in training crops have the scale the pipeline feeds the model (x 1/1.2 for a still head: the 10 % margin).
+Why per-frame aligned crops and not a fixed tube crop (FOMM): one framing everywhere. The Pipeline aligns
+the source and every driver frame to the template, and `fixtalk eval` scores aligned crops; a model trained
+on tube crops (here mostly the whole, tightly framed video: face larger, forehead cut) renders at inference a
+framing it never saw. Training on the very crops inference makes removes that gap (docs/quality.md).
 
 Output (resumable: a clip with its OUT/clips/<clip>.json result is skipped on re-runs): H.264 clips, npz with
 landmarks and mel windows, manifest.csv and report.json; the format is described in `fixtalk.train.clipstore`.
@@ -34,7 +32,7 @@ import re
 import traceback
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +58,6 @@ class PrepOptions:
     """Everything that changes the output of one clip (stored in OUT/prep.json; a change needs a new OUT)."""
 
     size: int = 256                # output crop side (128, 256 or 512)
-    enlarge: float = 0.1           # FOMM increase_area: margin added on each side of the tube's union box
     min_frames: int = 25           # shortest tube kept (1 s)
     max_frames: int | None = None  # read at most this many 25-fps frames per clip (quick tests)
     crf: int = 18
@@ -88,7 +85,6 @@ class ClipResult:
     frames: int = 0                # frames written
     frames_in: int = 0             # 25-fps frames read
     has_audio: bool = False
-    box: list[int] = field(default_factory=list)
     note: str = ""                 # e.g. an unreadable audio track (the clip is kept without audio)
 
 
@@ -200,23 +196,6 @@ def longest_tube(squares: list[tuple[float, float, float] | None]) -> tuple[int,
     return best
 
 
-def tube_box(squares: list[tuple[float, float, float]], enlarge: float, width: int, height: int) -> tuple[int, ...]:
-    """FOMM compute_bbox: union of the squares, `enlarge` on each side, square, then moved into the frame.
-
-    Returns integer (x0, y0, side); a square larger than the frame is shrunk to fit (never padded: padding
-    would teach G streaky borders).
-    """
-    sq = np.array(squares)
-    x0, y0 = (sq[:, :2] - sq[:, 2:] / 2).min(0)
-    x1, y1 = (sq[:, :2] + sq[:, 2:] / 2).max(0)
-    side = max(x1 - x0, y1 - y0) * (1 + 2 * enlarge)
-    side = int(round(min(side, width, height)))
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    bx = int(round(min(max(cx - side / 2, 0), width - side)))
-    by = int(round(min(max(cy - side / 2, 0), height - side)))
-    return bx, by, side
-
-
 def _frames(reader: VideoReader, limit: int | None) -> Iterator[np.ndarray]:
     """The reader's 25-fps frames, at most `limit`; closes the reader."""
     try:
@@ -246,23 +225,31 @@ def process_clip(job: Job) -> ClipResult:
     return res
 
 
-def _process(job: Job, res: ClipResult) -> None:
-    import cv2
+def hold_last(transforms: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Fill faceless frames with the last tracked transform (the first entry must have a face)."""
+    held: list[np.ndarray] = []
+    for t in transforms:
+        held.append(t if t is not None else held[-1])
+    return held
 
+
+def _process(job: Job, res: ClipResult) -> None:
     from fixtalk.audio import load_audio, mel_windows, melspectrogram
-    from fixtalk.faces import FaceDetector, FaceTrack
+    from fixtalk.faces import FaceDetector, FaceTrack, apply, at_size, crop
     from fixtalk.io import VideoReader
 
     opts, out = job.opts, Path(job.out_dir)
     track = FaceTrack(FaceDetector(), fps=FPS, path=job.path)
     squares: list[tuple[float, float, float] | None] = []
     raw_lms: list[np.ndarray | None] = []
+    transforms: list[np.ndarray | None] = []
     reader = VideoReader(job.path, fps=FPS)
-    has_track, (width, height) = reader.has_audio, reader.size
+    has_track = reader.has_audio
     for frame in _frames(reader, opts.max_frames):
         face = track.update(frame)
         squares.append(None if face is None else _square(face.transform))
         raw_lms.append(None if face is None else face.landmarks)
+        transforms.append(None if face is None else face.transform)
     res.frames_in = len(squares)
     start, end = longest_tube(squares)
     if end == start:
@@ -271,12 +258,11 @@ def _process(job: Job, res: ClipResult) -> None:
     if end - start < opts.min_frames:
         res.reason = f"no stable face: longest face tube {end - start} frames < {opts.min_frames}"
         return
-    x0, y0, side = tube_box([s for s in squares[start:end] if s is not None], opts.enlarge, width, height)
-    scale = opts.size / side
+    held = hold_last(transforms[start:end])
     lms = np.full((end - start, 68, 2), np.nan, np.float32)
     for i, lm in enumerate(raw_lms[start:end]):
-        if lm is not None:  # crop pixel centres: x_out = (x_in - x0 + 0.5) * scale - 0.5
-            lms[i] = (lm - np.array([x0, y0]) + 0.5) * scale - 0.5
+        if lm is not None:  # into crop pixels (pixel centres at integers), by the frame's own transform
+            lms[i] = apply(at_size(held[i], opts.size), lm)
     audio_source = job.path if has_track else job.audio
     wav = None
     try:
@@ -292,19 +278,18 @@ def _process(job: Job, res: ClipResult) -> None:
         mel = mel_windows(melspectrogram(wav), len(squares))[start:end].astype(np.float16)
         clip_audio = wav[start * SAMPLES_PER_FRAME:end * SAMPLES_PER_FRAME]
         res.has_audio = True
-    interp = cv2.INTER_AREA if side > opts.size else cv2.INTER_CUBIC
 
     def crops() -> Iterator[np.ndarray]:
         for i, frame in enumerate(_frames(VideoReader(job.path, fps=FPS), end)):
             if i >= start:
-                yield cv2.resize(frame[y0:y0 + side, x0:x0 + side], (opts.size, opts.size), interpolation=interp)
+                yield crop(frame, held[i - start], opts.size)
 
     n = write_clip(out / f"{job.clip}.mp4", crops(), opts.size, opts.crf, clip_audio)
     if n != end - start:
         raise RuntimeError(f"decoded {n} frames on the second pass, {end - start} on the first")
     save_npz(out / f"{job.clip}.npz", landmarks=lms, mel=mel, fps=np.int32(FPS), size=np.int32(opts.size),
-              start=np.int32(start), box=np.array([x0, y0, side], np.int32))
-    res.status, res.frames, res.box = "kept", n, [x0, y0, side]
+              start=np.int32(start), transforms=np.stack(held).astype(np.float32))
+    res.status, res.frames = "kept", n
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -352,7 +337,7 @@ def prep(src: str | Path, out: str | Path, opts: PrepOptions = PrepOptions(), wo
         raise InputError(None, f"--size must be 128, 256 or 512 (64 for tests), got {opts.size}")
     clips_dir = out / "clips"
     clips_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"size": opts.size, "enlarge": opts.enlarge, "fps": FPS, "max_frames": opts.max_frames,
+    settings = {"size": opts.size, "framing": "aligned", "fps": FPS, "max_frames": opts.max_frames,
                 "min_frames": opts.min_frames}
     prev = out / "prep.json"
     if prev.is_file() and json.loads(prev.read_text()) != settings:

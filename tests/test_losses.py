@@ -163,3 +163,20 @@ def test_loss_weights_defaults() -> None:
     assert (w.perceptual_layer, w.audio_smooth, w.sync) == (10.0, 0.1, 5.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         w.rec = 2.0  # type: ignore[misc]
+
+
+def test_landmark_flow_loss_in_pixels() -> None:
+    from fixtalk.models.generator import pixel_identity_grid
+
+    size = 64
+    grid = pixel_identity_grid(size, torch.zeros(())).expand(2, -1, -1, -1).clone()
+    lm = torch.rand(2, 68, 2) * 40 + 5
+    assert float(losses.landmark_flow_loss(grid, lm, lm)) < 1e-4   # identity flow, same landmarks
+    assert abs(float(losses.landmark_flow_loss(grid, lm, lm + torch.tensor([3.0, 4.0]))) - 7.0) < 1e-3  # L1, px
+    grid[..., 0] += 3 * 2 / (size - 1)                                # sample 3 px to the right
+    assert float(losses.landmark_flow_loss(grid, lm, lm + torch.tensor([3.0, 0.0]))) < 1e-3
+    lm_nan = lm.clone()
+    lm_nan[0, :] = float("nan")                                      # no face: left out, not NaN
+    value = losses.landmark_flow_loss(grid, lm_nan, lm_nan)
+    assert torch.isfinite(value) and abs(float(value) - 3.0) < 1e-3
+    assert float(losses.landmark_flow_loss(grid[:1], lm_nan[:1], lm_nan[:1])) == 0.0

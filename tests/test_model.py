@@ -205,3 +205,49 @@ def test_small_preset_fits_budget() -> None:
 
     model = FixTalk(get_preset("fixtalk-small"))
     assert 2 * (count_values(model) + count_values(Audio2Lip())) < 50 * 2**20  # <= 50 MB in fp16
+
+
+# ----------------------------------------------------------------------------------------------- pixel path
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(4 / (a.clamp(-1, 1) - b).pow(2).mean()))
+
+
+@torch.no_grad()
+def test_rgb_warp_untrained_returns_the_source() -> None:
+    torch.manual_seed(0)
+    src, drv = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    warp = FixTalk(TINY.replace(rgb_warp=True)).eval()
+    assert _psnr(warp(src, drv), src) > 30  # zero flow, mask sigmoid(4): the copy-the-source baseline
+    plain = FixTalk(TINY).eval()
+    assert _psnr(plain(src, drv), src) < 15  # negative control: without the pixel path G draws from scratch
+    out = warp.forward_train(src, drv)
+    assert out.grid is not None and out.grid.shape == (2, 64, 64, 2)
+    # The pixel path is absent (not merely unused) without the switch: paper layouts keep their exact keys.
+    assert not any("pixel_warp" in k for k in plain.state_dict())
+    assert any("pixel_warp" in k for k in warp.state_dict())
+    assert not any(get_preset(n).rgb_warp for n in ("edtalk-256", "edtalk-256-lip-pose", "fixtalk-256", "fixtalk-512"))
+    assert get_preset("fixtalk-small").rgb_warp
+
+
+def test_rgb_warp_flow_and_mask_learn() -> None:
+    """The zero-initialised head gets gradients from the image loss, and a landmark term moves its flow."""
+    torch.manual_seed(0)
+    model = FixTalk(TINY.replace(rgb_warp=True))
+    src, drv = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    out = model.forward_train(src, drv)
+    lm_d = torch.rand(2, 68, 2) * 50 + 5
+    loss = losses.reconstruction_l1(out.image, drv) + losses.landmark_flow_loss(out.grid, lm_d, lm_d + 2.0)
+    loss.backward()
+    head = model.dec.pixel_warp
+    assert head.conv.weight.grad is not None and float(head.conv.weight.grad.abs().max()) > 0
+    assert head.bias.grad is not None and float(head.bias.grad[0, 2].abs()) > 0
+
+
+@torch.no_grad()
+def test_rgb_warp_inference_matches_training_path() -> None:
+    model = _randomise(FixTalk(TINY.replace(rgb_warp=True))).eval()
+    src, drv = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    a = model(src, drv)
+    b = model.forward_train(src, drv, use_source_address=True).image
+    assert torch.allclose(a, b, atol=1e-4)

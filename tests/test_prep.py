@@ -36,12 +36,10 @@ def test_longest_tube_follows_fomm_rules() -> None:
     assert P.longest_tube(gap_long) == (0, 3)
 
 
-def test_tube_box_enlarges_squares_and_fits_the_frame() -> None:
-    x0, y0, side = P.tube_box([(100.0, 120.0, 50.0), (110.0, 120.0, 50.0)], 0.1, 640, 480)
-    assert side == round(60 * 1.2) and (x0, y0) == (round(105 - 36), round(120 - 36))
-    x0, y0, side = P.tube_box([(20.0, 20.0, 60.0)], 0.1, 640, 480)
-    assert (x0, y0, side) == (0, 0, 72)  # shifted inside rather than padded
-    assert P.tube_box([(100.0, 100.0, 300.0)], 0.1, 200, 150) == (25, 0, 150)  # larger than the frame: shrunk
+def test_hold_last_fills_faceless_frames() -> None:
+    a, b = np.eye(2, 3), 2 * np.eye(2, 3)
+    held = P.hold_last([a, None, None, b, None])
+    assert [h is a for h in held[:3]] == [True] * 3 and held[3] is b and held[4] is b
 
 
 def test_names_identities_emotions_and_split() -> None:
@@ -102,6 +100,7 @@ def test_prep_dev_clips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         assert mel.shape == ((12, 1, 80, 16) if row["has_audio"] == "1" else (0, 1, 80, 16))
         assert mel.dtype == np.float16 and (np.abs(mel.astype(np.float32)) <= 4).all()
     assert probe(out / "clips" / f"videos__{PAIRED}.mp4").audio_codec == "aac"
+    _assert_inference_framing(out / "clips" / f"videos__{MEAD}", FACES / "videos" / f"{MEAD}.mp4")
     # Re-running resumes: every clip (kept or dropped) has its result and is not processed again.
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "clips").iterdir()}
     capsys.readouterr()
@@ -112,3 +111,27 @@ def test_prep_dev_clips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     # Other settings into the same folder are refused (one line, exit code 2).
     assert cli.main([*args[:4], "128", *args[5:]]) == 2
     assert "prepared with other settings" in capsys.readouterr().err
+
+
+def _assert_inference_framing(clip: Path, video: Path) -> None:
+    """Training crops are the Pipeline's crops: frame k of the clip equals `faces.crop` with the tracked transform
+    (one framing for training, inference and eval), and a tube crop of the tight 256 px video would not."""
+    import cv2
+
+    from fixtalk.faces import FaceDetector, FaceTrack, crop
+    from fixtalk.io import open_frames
+    from fixtalk.train.clipstore import read_frames
+
+    with np.load(clip.with_suffix(".npz")) as z:
+        transforms, start = z["transforms"], int(z["start"])
+    track = FaceTrack(FaceDetector(), fps=25)
+    with open_frames(video, 25) as reader:
+        for i, frame in enumerate(reader):
+            face = track.update(frame)
+            if i == start + 5:
+                break
+    assert face is not None and np.allclose(face.transform, transforms[5], atol=1e-3)
+    ours = read_frames(clip.with_suffix(".mp4"), [5])[0].astype(float)
+    assert np.abs(ours - crop(frame, face.transform, 64)).mean() < 4  # H.264 at crf 18 on a 64 px crop
+    whole = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA).astype(float)
+    assert np.abs(ours - whole).mean() > 8  # negative control: the old tube crop (the whole tight frame)

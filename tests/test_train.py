@@ -72,7 +72,7 @@ def make_synthetic_data(root: Path, clips: list[tuple[str, str, str, bool]]) -> 
         lms[3] = np.nan  # one frame without a face, as prep writes it
         mel = rng.normal(0, 2, (FRAMES if audio else 0, 1, 80, 16)).clip(-4, 4).astype(np.float16)
         np.savez(root / "clips" / f"{name}.npz", landmarks=lms, mel=mel, fps=np.int32(25), size=np.int32(SIZE),
-                 start=np.int32(0), box=np.array([0, 0, SIZE], np.int32))
+                 start=np.int32(0), transforms=np.tile(np.eye(2, 3, dtype=np.float32), (FRAMES, 1, 1)))
         rows.append({"clip": name, "identity": identity, "emotion": emotion, "frames": FRAMES, "split": "train",
                      "has_audio": int(audio), "source": f"synthetic/{name}.mp4"})
     with open(root / "manifest.csv", "w", newline="") as f:

@@ -46,6 +46,7 @@ class SourceState:
     m: Tensor                   # B x style_dim   Q alpha of the source's own motion (EDI motion key origin)
     f_pi: Tensor | None = None  # B x C           EDI token of f_4^s
     eem: list[Tensor | None] | None = None  # IN(conv2(f^s)) per level: EEM without per-frame convolutions
+    image: Tensor | None = None  # B x 3 x S x S the source image itself (the rgb_warp pixel path)
 
     def expand(self, batch: int) -> SourceState:
         """The same source repeated for a batch of driver frames (views, no copies)."""
@@ -55,7 +56,8 @@ class SourceState:
         mo = self.motion
         return SourceState(ex(self.latent), [ex(t) for t in self.maps], ex(self.feature),
                            Motion(ex(mo.lip), ex(mo.pose), None if mo.exp is None else ex(mo.exp)),
-                           ex(self.m), None if self.f_pi is None else ex(self.f_pi), self.eem)
+                           ex(self.m), None if self.f_pi is None else ex(self.f_pi), self.eem,
+                           None if self.image is None else ex(self.image))
 
 
 @dataclass
@@ -65,6 +67,7 @@ class TrainOutput:
     z_d: Tensor                    # B x style_dim
     motion: Motion
     edi: EDIOutput | None = None
+    grid: Tensor | None = None     # B x S x S x 2: where the pixel path samples the source (rgb_warp)
 
 
 class FixTalk(nn.Module):
@@ -111,7 +114,8 @@ class FixTalk(nn.Module):
         f_pi = self.edi.compress(enc.maps[self.cfg.f4_index]) if self.edi is not None else None
         # EDI replaces f_4 per frame, so that level's EEM cannot be cached.
         eem = self.dec.eem_cache(enc.maps, skip=self.cfg.f4_index if self.edi is not None else None)
-        return SourceState(enc.latent, enc.maps, feature, motion, m, f_pi, eem)
+        return SourceState(enc.latent, enc.maps, feature, motion, m, f_pi, eem,
+                           img if self.cfg.rgb_warp else None)
 
     def render(self, src: SourceState, motion: Motion, motion_key: Tensor | None = None) -> Tensor:
         """Draw frames: latent = f_6^s + Q alpha; EDI recalls details by the motion key (Eq. 9).
@@ -127,7 +131,7 @@ class FixTalk(nn.Module):
             i = self.cfg.f4_index
             fused = self.edi.forward_infer(maps[i], key, f_pi_s=src.f_pi)
             maps = [*maps[:i], fused, *maps[i + 1:]]
-        return self.dec(src.latent + m, maps, e, src.eem)
+        return self.dec(src.latent + m, maps, e, src.eem, src.image)
 
     def forward(self, source: Tensor, driver: Tensor) -> Tensor:
         """One driver for all three factors (convenience for tests and ONNX export)."""
@@ -158,6 +162,6 @@ class FixTalk(nn.Module):
                 key = m - m_s
             edi_out = self.edi.forward_train(maps[i], ed.maps[i], key, use_source_address)
             maps = [*maps[:i], edi_out.fused, *maps[i + 1:]]
-        image = self.dec(es.latent + m, maps, e)
-        return TrainOutput(image, z_s, z_d, motion, edi_out)
+        image, grid = self.dec.synthesise(es.latent + m, maps, e, source=source if self.cfg.rgb_warp else None)
+        return TrainOutput(image, z_s, z_d, motion, edi_out, grid)
 

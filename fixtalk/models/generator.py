@@ -5,6 +5,11 @@ dense flow (tanh) and a mask (sigmoid) that warp the *source* encoder map of tha
 decoder stream; the RGB output is built only from the warped maps (LIA design). With expression, an EEM
 block (ADAIN conditioned on the expression latent e) first edits the source map of each level.
 
+Pixel path (`ModelConfig.rgb_warp`, CPU-scale presets only; docs/quality.md): the LIA design synthesises
+every output pixel from warped *feature maps*, which takes GPU-days to become sharp. With `rgb_warp`, a
+`PixelWarp` head also warps the source *image* and blends it with G's RGB through a learned occlusion mask
+(FOMM/TPSMM occlusion-aware warping), so G only has to fill what the source cannot show.
+
 Quirks kept for checkpoint compatibility (architecture.md 11): ToRGB applies a leaky ReLU before its
 bias; the identity grid is linspace(-1, 1) while grid_sample uses align_corners=False; `to_rgb1`, the
 noise weights and EEM's dead conv1/norm1 branch exist as parameters but are never evaluated.
@@ -62,6 +67,42 @@ class ToFlow(nn.Module):
         mask = torch.sigmoid(raw[:, 2:3])
         warped = F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * mask
         return warped, warped + x * (1 - mask), raw
+
+
+def pixel_identity_grid(size: int, like: torch.Tensor) -> torch.Tensor:
+    """1 x S x S x 2 identity grid (x, y) for grid_sample with align_corners=True: an exact no-op warp."""
+    xs = torch.linspace(-1, 1, size, device=like.device, dtype=like.dtype)
+    gy, gx = torch.meshgrid(xs, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)[None]
+
+
+class PixelWarp(nn.Module):
+    """Occlusion-aware warp of the source image (FOMM Sec. 3.3, TPSMM): out = M * warp(I^s) + (1 - M) * G_rgb.
+
+    Flow and mask logits come from one modulated conv over the decoder features at half the output size
+    (a smooth, low-resolution flow: head motion is smooth, and the few training steps a CPU affords cannot
+    teach a per-pixel one), bilinearly upsampled. The conv starts at zero and the mask bias at `mask_init`,
+    so an untrained head returns the source (zero flow, M = sigmoid(4) = 0.98) and training starts from the
+    copy-the-source baseline instead of from G's blur.
+    """
+
+    def __init__(self, in_channels: int, style_dim: int, mask_init: float = 4.0) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channels, 3, 3, style_dim, demodulate=False)
+        nn.init.zeros_(self.conv.weight)
+        self.bias = nn.Parameter(torch.tensor([0.0, 0.0, mask_init]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, source: torch.Tensor,
+                synth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (blended image B x 3 x S x S, sampling grid B x S x S x 2 in align_corners=True units)."""
+        size = source.shape[-1]
+        raw = self.conv(x, style) + self.bias
+        raw = F.interpolate(raw, size=(size, size), mode="bilinear", align_corners=False)
+        grid = pixel_identity_grid(size, raw) + torch.tanh(raw[:, 0:2]).permute(0, 2, 3, 1)
+        warped = F.grid_sample(source.to(raw.dtype), grid, mode="bilinear", padding_mode="border",
+                               align_corners=True)
+        mask = torch.sigmoid(raw[:, 2:3])
+        return mask * warped + (1 - mask) * synth.to(raw.dtype), grid
 
 
 class ADAIN(nn.Module):
@@ -135,6 +176,8 @@ class Synthesis(nn.Module):
                 [EEM(ch(res), d, cfg.eem_hidden) for res in cfg.map_resolutions])
         else:
             self.fineadainresblock = None
+        # Absent (not just unused) without rgb_warp, so the paper-scale layouts and parity are untouched.
+        self.pixel_warp = PixelWarp(ch(cfg.size // 2), d) if cfg.rgb_warp else None
 
     def eem_cache(self, feats: list[torch.Tensor], skip: int | None = None) -> list[torch.Tensor | None] | None:
         """Per-source EEM precomputation (None for the level `skip`, whose map changes per frame)."""
@@ -144,15 +187,25 @@ class Synthesis(nn.Module):
         return [None if k == skip else blk.precompute(f) for k, (blk, f) in enumerate(zip(blocks, feats))]
 
     def forward(self, latent: torch.Tensor, feats: list[torch.Tensor],
-                e: torch.Tensor | None = None, eem_cache: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+                e: torch.Tensor | None = None, eem_cache: list[torch.Tensor | None] | None = None,
+                source: torch.Tensor | None = None) -> torch.Tensor:
         """latent: B x style_dim (f_6^s + m); feats: source maps coarse->fine; e: B x style_dim or None.
 
         All n_latent style copies of the reference are identical, so one vector serves every layer.
         `eem_cache` (from `eem_cache(feats)` on a constant source) removes EEM's convolutions per frame.
+        `source` (B x 3 x S x S) is the source image, required with rgb_warp.
         Returns the raw RGB image B x 3 x S x S (no tanh, roughly in [-1, 1]).
         """
+        return self.synthesise(latent, feats, e, eem_cache, source)[0]
+
+    def synthesise(self, latent: torch.Tensor, feats: list[torch.Tensor], e: torch.Tensor | None = None,
+                   eem_cache: list[torch.Tensor | None] | None = None,
+                   source: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward`, also returning the pixel path's sampling grid (None without rgb_warp)."""
+        if self.pixel_warp is not None and source is None:
+            raise ValueError("this generator warps the source image (rgb_warp): pass source=")
         x = self.conv1(self.input(latent.shape[0]), latent)
-        rgb = raw = None
+        rgb = raw = x_half = None
         for k, feat in enumerate(feats):
             x = self.convs[2 * k](x, latent)
             x = self.convs[2 * k + 1](x, latent)
@@ -163,5 +216,12 @@ class Synthesis(nn.Module):
                 feat = self.fineadainresblock[k](feat, e, normed)
             warped, x, raw = self.to_flows[k](x, latent, feat, raw)
             rgb = self.to_rgbs[k](warped, rgb)
+            if k == len(feats) - 2:
+                x_half = x
         assert rgb is not None
-        return rgb
+        if self.pixel_warp is None:
+            return rgb, None
+        assert source is not None and x_half is not None
+        if source.shape[0] != rgb.shape[0]:
+            source = source.expand(rgb.shape[0], -1, -1, -1)
+        return self.pixel_warp(x_half, latent, source, rgb)

@@ -40,7 +40,6 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     p.add_argument("--workers", type=int, default=1, help="parallel processes (one clip each)")
     p.add_argument("--max-frames", type=int, help="read at most this many 25-fps frames per clip")
     p.add_argument("--min-frames", type=int, default=25, help="drop clips whose face tube is shorter (default 25)")
-    p.add_argument("--enlarge", type=float, default=0.1, help="margin on each side of the tube box (FOMM: 0.1)")
     p.add_argument("--manifest", help="dataset manifest.csv with identity=/emotion: notes "
                                       "(default: SRC/manifest.csv or its parent's)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of identities in the test split")
@@ -98,7 +97,7 @@ def _prep(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise InputError(None, "--workers must be >= 1")
-    opts = PrepOptions(size=args.size, enlarge=args.enlarge, min_frames=args.min_frames, max_frames=args.max_frames)
+    opts = PrepOptions(size=args.size, min_frames=args.min_frames, max_frames=args.max_frames)
     test_ids = [s.strip() for s in args.test_ids.split(",") if s.strip()] if args.test_ids else None
     report = prep(args.src, args.out, opts, workers=args.workers, test_fraction=args.test_fraction,
                   test_ids=test_ids, manifest=args.manifest, retry_dropped=args.retry_dropped,

@@ -142,13 +142,19 @@ class PairDataset(ClipDataset):
     def item(self, clip: Clip, rng: np.random.Generator) -> dict[str, Any]:
         n = self.usable_frames(clip)
         neutral = self.neutral.get(clip.identity, [])
+        src_clip, i_drv = clip, int(rng.integers(n))
         if clip.emotion and clip.emotion != "neutral" and neutral:
             src_clip = neutral[int(rng.integers(len(neutral)))]
-            (src,) = read_frames(src_clip.mp4, [int(rng.integers(self.usable_frames(src_clip)))])
-            (drv,) = read_frames(clip.mp4, [int(rng.integers(n))])
+        i_src = int(rng.integers(self.usable_frames(src_clip)))
+        if src_clip is clip:
+            src, drv = read_frames(clip.mp4, [i_src, i_drv])
         else:
-            src, drv = read_frames(clip.mp4, [int(i) for i in rng.integers(n, size=2)])
-        return {"source": to_tensor(src, self.size), "driver": to_tensor(drv, self.size)}
+            (src,), (drv,) = read_frames(src_clip.mp4, [i_src]), read_frames(clip.mp4, [i_drv])
+        # Landmarks in model pixels (NaN: no face) for the pixel path's landmark-flow loss.
+        lm_src, lm_drv = self.landmarks(src_clip)[i_src], self.landmarks(clip)[i_drv]
+        return {"source": to_tensor(src, self.size), "driver": to_tensor(drv, self.size),
+                "source_landmarks": torch.from_numpy(lm_src.astype(np.float32)),
+                "driver_landmarks": torch.from_numpy(lm_drv.astype(np.float32))}
 
 
 class SwapDataset(ClipDataset):

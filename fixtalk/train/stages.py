@@ -6,7 +6,7 @@ logs), the real/fake images for the discriminator step and a few images for samp
 
 | stage      | generator losses                                                                          |
 |------------|-------------------------------------------------------------------------------------------|
-| recon      | L1 + perceptual + GAN (+ L_dis when the model has EMI; 9.3 schedule (a))                    |
+| recon      | L1 + perceptual + GAN (+ L_dis when the model has EMI; 9.3 schedule (a)) (+ landmark flow)  |
 | mouth-pose | self-recon of a, b and cross-recon from the mouth-swap composites (L1 + perceptual each),  |
 |            | GAN on all four, lip/pose latent consistency exp(-cos) (+ L_dis with EMI)                   |
 | expression | L1 + perceptual + GAN; lip/pose from the frozen heads, expression from ELN on the same frame|
@@ -100,6 +100,10 @@ class StageLosses(nn.Module):
             logs["source_address_frac"] = use_src.float().mean()
         out = self.model.forward_train(src, drv, use_source_address=use_src)
         total = self._image_terms(out.image, drv, logs) + self._gan_g(out.image, logs)
+        if out.grid is not None and self.w.landmark_flow and "driver_landmarks" in batch:
+            lmk = L.landmark_flow_loss(out.grid, batch["driver_landmarks"], batch["source_landmarks"])
+            logs["landmark_flow"] = lmk.detach()
+            total = total + self.w.landmark_flow * lmk
         if self.stage in ("recon", "fixtalk"):
             total = total + self._dis(out.z_s, out.z_d, logs)
         if self.stage == "fixtalk" and out.edi is not None:
