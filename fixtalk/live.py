@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     r.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     r.add_argument("--compile", action="store_true", help="torch.compile the generator")
+    r.add_argument("--tune", type=int, default=0, metavar="N",
+                   help="tune the generator N steps on the source first (cached)")
     handlers["live"] = _live
 
 
@@ -136,7 +138,7 @@ def _live(args: argparse.Namespace) -> int:
     else:
         frames, fps = _video(args.driving, args.max_frames, args.realtime), float(FPS)
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=Runtime(args.device, args.dtype, args.compile),
-                                    batch_size=1, progress=False)
+                                    batch_size=1, progress=False, tune_steps=args.tune)
     src = pipe.prepare_source(args.source, face_index=args.face_index)
     stream = Stream(pipe, src, mouth=mouth, pose=args.pose, expression=args.expression,
                     strength=strengths(args),

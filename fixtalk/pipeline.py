@@ -28,7 +28,7 @@ import torch
 from fixtalk.checkpoint import EMOTIONS, Bundle, load_bundle, load_expression_npy
 from fixtalk.errors import InputError
 from fixtalk.models.fdm import Motion
-from fixtalk.models.fixtalk import SourceState
+from fixtalk.models.fixtalk import FixTalk, SourceState
 from fixtalk.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class PreparedSource:
     crop: np.ndarray         # S x S x 3 uint8, what the model sees
     state: SourceState       # cached encodings (batch 1)
     path: str | None = None
+    model: FixTalk | None = None  # the generator tuned on this source (--tune), else None: the pipeline's
 
 
 @dataclass
@@ -138,7 +139,7 @@ def check_factor(spec: str, factor: str) -> None:
 
 class Pipeline:
     def __init__(self, bundle: Bundle, runtime: Runtime | None = None, batch_size: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, tune_steps: int = 0) -> None:
         self.bundle = bundle
         self.runtime = runtime or Runtime()
         self.model = self.runtime.prepare(bundle.model)
@@ -148,6 +149,10 @@ class Pipeline:
         self.batch_size = batch_size or (8 if self.runtime.device.type == "cuda" else 1)
         self.progress = progress
         self._detector = None
+        if tune_steps < 0:
+            raise InputError(None, f"--tune must be >= 0 steps, got {tune_steps}")
+        self.tune_steps = tune_steps
+        self._tuned: dict[str, FixTalk] = {}  # sha1 of the aligned crop -> tuned generator (fixtalk.tune)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **kwargs) -> Pipeline:  # type: ignore[no-untyped-def]
@@ -180,8 +185,24 @@ class Pipeline:
         image = source if isinstance(source, np.ndarray) else load_image(source)
         face = self.detector.align(image, face_index=face_index, path=name)
         face_crop = crop(image, face.transform, self.cfg.size)
-        state = self.runtime.run(self.model.prepare_source, to_tensor(face_crop))
-        return PreparedSource(image, face.transform, face_crop, state, name)
+        model = self.tuned(face_crop)
+        state = self.runtime.run((model or self.model).prepare_source, to_tensor(face_crop))
+        return PreparedSource(image, face.transform, face_crop, state, name, model)
+
+    def tuned(self, face_crop: np.ndarray) -> FixTalk | None:
+        """The generator tuned on this aligned crop (`--tune`; cached by its hash), None when tuning is off."""
+        if not self.tune_steps:
+            return None
+        import hashlib
+
+        from fixtalk.tune import tune_generator
+
+        key = hashlib.sha1(face_crop.tobytes() + str(self.tune_steps).encode()).hexdigest()
+        if key not in self._tuned:
+            model, secs = tune_generator(self.model, to_tensor(face_crop).to(self.runtime.device), self.tune_steps)
+            log.info("tuned the generator on the source: %d steps in %.1f s", self.tune_steps, secs)
+            self._tuned[key] = model
+        return self._tuned[key]
 
     # --- drivers ----------------------------------------------------------------------------------
     def video_features(self, path: str | Path, max_frames: int | None = None, thumbs: bool = False,
@@ -348,7 +369,7 @@ class Pipeline:
         from fixtalk.faces import paste_back as paste
 
         for start, motion in self.motions(src, drive, strength):
-            out = to_uint8(self.runtime.run(self.model.render, src.state, motion))
+            out = to_uint8(self.runtime.run((src.model or self.model).render, src.state, motion))
             for k, face in enumerate(out):
                 frame = paste(src.image, face, src.transform) if paste_back else face
                 if side_by_side:

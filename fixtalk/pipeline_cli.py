@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
                    help="reduced precision falls back to fp32 for any non-finite frame")
     r.add_argument("--compile", action="store_true", help="torch.compile the generator")
     r.add_argument("--batch", type=int, help="frames per batch (default: 8 on CUDA, 1 on CPU)")
+    r.add_argument("--tune", type=int, default=0, metavar="N",
+                   help="tune the generator N steps on the source first (cached)")
     r.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
     handlers["animate"] = _animate
 
@@ -110,7 +112,7 @@ def _animate(args: argparse.Namespace) -> int:
         check_audio(args.audio)
     image = load_image(args.source)
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=Runtime(args.device, args.dtype, args.compile),
-                                    batch_size=args.batch, progress=not args.quiet)
+                                    batch_size=args.batch, progress=not args.quiet, tune_steps=args.tune)
     src = pipe.prepare_source(image, face_index=args.face_index, path=args.source)
     drive = pipe.drive(src, mouth=mouth, pose=pose, expression=expression, audio=args.audio,
                        side_by_side=args.side_by_side, max_frames=args.max_frames)

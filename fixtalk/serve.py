@@ -239,6 +239,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the generator")
+    p.add_argument("--tune", type=int, default=0, metavar="N",
+                   help="tune the generator N steps on the source first (cached)")
     p.add_argument("--max-upload-mb", type=float, default=Limits.max_upload_mb,
                    help="largest upload per file (default: %(default)s)")
     p.add_argument("--max-seconds", type=float, default=Limits.max_seconds,
@@ -263,7 +265,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="fixtalk: %(message)s")
     if args.max_upload_mb <= 0 or args.max_seconds <= 0:
         raise InputError(None, "--max-upload-mb and --max-seconds must be positive")
-    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=Runtime(args.device, args.dtype, args.compile))
+    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=Runtime(args.device, args.dtype, args.compile),
+                                    tune_steps=args.tune)
     limits = Limits(args.max_seconds, args.max_upload_mb)
     demo = build_demo(WebApp(pipe, limits), args.examples or default_examples_dir())
     if args.host not in ("127.0.0.1", "localhost", "::1"):

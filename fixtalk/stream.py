@@ -340,8 +340,8 @@ class Stream:
                 if base is not None:
                     mixed[f] = base + s * (self._weights(f, idx) - base)  # own + s * (driver - own)
             t0 = time.perf_counter()
-            img = pipe.runtime.run(pipe.model.render, self.src.state, Motion(mixed["lip"], mixed["pose"],
-                                                                              mixed.get("exp")))
+            model = self.src.model or pipe.model  # the generator tuned on this source (--tune) if any
+            img = pipe.runtime.run(model.render, self.src.state, Motion(mixed["lip"], mixed["pose"], mixed.get("exp")))
             faces = to_uint8(img)
             t1 = time.perf_counter()
             for face in faces:

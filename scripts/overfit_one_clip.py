@@ -45,6 +45,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--every", type=int, default=25)
     ap.add_argument("--landmark-flow", type=float, default=10.0, help="weight of the landmark flow term")
+    ap.add_argument("--head-lr-mult", type=float, default=1.0, help="lr multiplier of the pixel path's head")
     ap.add_argument("--target", type=float, default=30.0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -63,19 +64,25 @@ def main() -> int:
         lms = torch.from_numpy(scale_landmarks(z["landmarks"], int(z["size"]), size).astype(np.float32))
     test = np.linspace(1, clip.frames - 1, 8).round().astype(int)
     backbone = load_backbone("mobilenet_v2")
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr, betas=(0.0, 0.99))
+    head = [p for n, p in model.named_parameters() if n.startswith("dec.pixel_warp.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("dec.pixel_warp.")]
+    opt = torch.optim.Adam([{"params": rest}, {"params": head, "lr": args.lr * args.head_lr_mult}],
+                           lr=args.lr, betas=(0.0, 0.99))
     rng = np.random.default_rng(0)
     best, t0 = -1.0, time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.every == 0:
             model.eval()
             with torch.no_grad():
-                out = model.forward_train(frames[:1].expand(len(test), -1, -1, -1), frames[test], True).image
+                res = model.forward_train(frames[:1].expand(len(test), -1, -1, -1), frames[test], True)
+            out = res.image
             p = float(np.mean([psnr(o, d) for o, d in zip(out, frames[test])]))
+            lmk = (None if res.grid is None else
+                   round(float(L.landmark_flow_loss(res.grid, lms[test], lms[:1].expand(len(test), -1, -1))), 3))
             copy = float(np.mean([psnr(frames[0], d) for d in frames[test]]))
             best = max(best, p)
             print(json.dumps({"step": step, "seconds": round(time.perf_counter() - t0, 1), "psnr": round(p, 2),
-                              "copy_psnr": round(copy, 2)}), flush=True)
+                              "copy_psnr": round(copy, 2), "landmark_px": lmk}), flush=True)
             model.train()
         if step == args.steps:
             break

@@ -31,7 +31,7 @@ FACES = Path(os.environ.get("FIXTALK_FACES_DIR", REPO.parent / "shared" / "data"
 needs_faces = pytest.mark.skipif(not (FACES / "videos").is_dir(),
                                  reason=f"dev faces not found at {FACES} (set FIXTALK_FACES_DIR)")
 FRAMES = 3                        # per clip: frame 0 is the source, frames 1-2 are scored
-ROWS = ["real", "copy-source", "ckpt"]
+ROWS = ["real", "copy-source", "ckpt", "ckpt+tune2"]  # --tune 2 adds the tuned row
 
 
 # -- pieces ------------------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # Run as two shards (one clip each), as two torchrun ranks would: the second writes the merged results.
     argv = ["eval", "--checkpoint", str(tmp / "ckpt"), "--videos", str(tmp / "videos"),
             "--out", str(tmp / "results.json"), "--markdown", str(tmp / "results.md"),
-            "--cross-pairs", "1", "--device", "cpu", "--threads", "1"]
+            "--cross-pairs", "1", "--device", "cpu", "--threads", "1", "--tune", "2"]
     rc, printed_first = _run([*argv, "--shard", "0/2"])
     assert rc == 0 and not (tmp / "results.json").exists() and printed_first == ""
     rc, printed = _run([*argv, "--shard", "1/2"])
@@ -220,6 +220,12 @@ def test_checkpoint_row_is_scored(work: dict[str, Any]) -> None:
     assert math.isfinite(res["audio_driven"]["ckpt"]["psnr"]["value"])
     modes = {c["emotion_pred"]["ckpt"]["mode"] for c in work["res"]["clips"] if "ckpt" in c["emotion_pred"]}
     assert modes <= {"preset"}
+    # The tuned row: same weights, tuned per source, so its numbers differ from the untuned row's.
+    rows = {r["name"]: r for r in work["res"]["rows"]}
+    assert rows["ckpt+tune2"]["tune_steps"] == 2 and rows["ckpt"]["tune_steps"] == 0
+    assert rows["ckpt+tune2"]["sha256"] == rows["ckpt"]["sha256"]
+    tuned = res["self_driven"]["ckpt+tune2"]["psnr"]["value"]
+    assert math.isfinite(tuned) and tuned != res["self_driven"]["ckpt"]["psnr"]["value"]
 
 
 @needs_faces

@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
                    help="auto (CUDA when present; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:1, ...")
     r.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     r.add_argument("--batch", type=int, default=8, metavar="N", help="frames per generator batch")
+    r.add_argument("--tune", type=int, default=0, metavar="N",
+                   help="also score every checkpoint with the generator tuned N steps on each source (row NAME+tuneN)")
     r.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's; 1 is much faster on a machine others keep busy)")
     r.add_argument("--shard", metavar="I/N", help="evaluate every N-th clip starting at I (default: "
@@ -118,7 +120,7 @@ def _eval(args: argparse.Namespace) -> int:
                        audio=args.audio, manifest=args.manifest, max_clips=args.max_clips,
                        max_frames=args.max_frames, eval_size=args.eval_size, cross_pairs=args.cross_pairs,
                        identities=ids, split_manifest=args.split_manifest, inception=args.inception,
-                       syncnet=args.syncnet, device=device, dtype=args.dtype, batch=args.batch)
+                       syncnet=args.syncnet, device=device, dtype=args.dtype, batch=args.batch, tune=args.tune)
     import torch
 
     threads = torch.get_num_threads()

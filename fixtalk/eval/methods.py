@@ -87,14 +87,15 @@ class CheckpointRow:
 
     kind = "checkpoint"
 
-    def __init__(self, spec: RowSpec, device: str = "auto", dtype: str = "fp32", batch: int = 8) -> None:
+    def __init__(self, spec: RowSpec, device: str = "auto", dtype: str = "fp32", batch: int = 8,
+                 tune: int = 0) -> None:
         from fixtalk.checkpoint import load_bundle
         from fixtalk.pipeline import Pipeline
         from fixtalk.runtime import Runtime
 
         self.name, self.path = spec.name, spec.path
         self.pipe = Pipeline(load_bundle(spec.path), runtime=Runtime(device, dtype), batch_size=batch,
-                             progress=False)
+                             progress=False, tune_steps=tune)
         self.cfg = self.pipe.cfg
         self.size: int | None = self.cfg.size
         self.has_audio2lip = self.pipe.audio2lip is not None
@@ -112,7 +113,7 @@ class CheckpointRow:
         root = self.pipe.bundle.path or Path(self.path)
         files = json.loads((Path(root) / "config.json").read_text()).get("files", {})
         return {"name": self.name, "kind": self.kind, "checkpoint": str(self.path), "sha256": files,
-                "preset": c.name,
+                "preset": c.name, "tune_steps": self.pipe.tune_steps,
                 "size": c.size, "use_emi": c.use_emi, "use_edi": c.use_edi, "expression": c.has_expression,
                 "audio2lip": self.has_audio2lip,
                 "expression_presets": sorted(self.pipe.bundle.expression_presets)}
@@ -150,8 +151,9 @@ class CheckpointRow:
         face = source[self.size]
         src = self._sources.get(id(face))
         if src is None or src.crop is not face:
-            state = self.pipe.runtime.run(self.pipe.model.prepare_source, to_tensor(face))
-            src = self._sources[id(face)] = PreparedSource(face, np.eye(2, 3), face, state)
+            model = self.pipe.tuned(face)
+            state = self.pipe.runtime.run((model or self.pipe.model).prepare_source, to_tensor(face))
+            src = self._sources[id(face)] = PreparedSource(face, np.eye(2, 3), face, state, None, model)
         exp = FactorTrack(motion.exp, "exp") if motion.exp is not None and self.cfg.has_expression else None
         drive = Drive(FactorTrack(motion.lip, "lip"), FactorTrack(motion.pose, "pose"), exp, n)
         return [fit(f, size) for f in self.pipe.frames(src, drive, paste_back=False)]

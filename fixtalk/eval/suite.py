@@ -36,7 +36,7 @@ import torch
 from fixtalk.errors import InputError
 from fixtalk.eval import data as D
 from fixtalk.eval.align import load_clip, load_portrait
-from fixtalk.eval.methods import CheckpointRow, CopySource, Row, parse_checkpoints
+from fixtalk.eval.methods import CheckpointRow, CopySource, Row, RowSpec, parse_checkpoints
 from fixtalk.eval.scoring import Analysis, Scorer, cosines, lmd_scores, pixel_scores, stat
 from fixtalk.models.fdm import Motion
 
@@ -65,6 +65,7 @@ class EvalOptions:
     device: str = "auto"
     dtype: str = "fp32"
     batch: int = 8
+    tune: int = 0                    # > 0: every checkpoint also as a row tuned on each source (fixtalk.tune)
 
 
 @dataclass
@@ -90,6 +91,9 @@ def make_plan(opts: EvalOptions) -> Plan:
     specs = parse_checkpoints(opts.checkpoints)
     rows: list[Row] = [CopySource()]
     rows += [CheckpointRow(s, opts.device, opts.dtype, opts.batch) for s in specs]
+    if opts.tune:
+        rows += [CheckpointRow(RowSpec(f"{s.name}+tune{opts.tune}", s.path), opts.device, opts.dtype, opts.batch,
+                               opts.tune) for s in specs]
     sizes = [r.size for r in rows if r.size is not None]
     eval_size = opts.eval_size or max([256, *sizes])
     return Plan(clips, D.cross_pairs(clips, portraits, opts.cross_pairs), D.neutral_sources(clips), rows,

@@ -131,7 +131,8 @@ class FixTalk(nn.Module):
             i = self.cfg.f4_index
             fused = self.edi.forward_infer(maps[i], key, f_pi_s=src.f_pi)
             maps = [*maps[:i], fused, *maps[i + 1:]]
-        return self.dec(src.latent + m, maps, e, src.eem, src.image)
+        delta = motion.alpha() - src.motion.alpha() if self.cfg.rgb_warp else None
+        return self.dec(src.latent + m, maps, e, src.eem, src.image, delta)
 
     def forward(self, source: Tensor, driver: Tensor) -> Tensor:
         """One driver for all three factors (convenience for tests and ONNX export)."""
@@ -153,15 +154,18 @@ class FixTalk(nn.Module):
             motion = self.predict_motion(z_d, z_d, z_d)
         m, e = self.fdm.compose(motion)
         maps, edi_out = es.maps, None
+        needs_source_motion = self.cfg.rgb_warp or (self.edi is not None and self.cfg.edi.motion_key != "emi")
+        motion_s = self.predict_motion(z_s, z_s, z_s) if needs_source_motion else motion
         if self.edi is not None:
             i = self.cfg.f4_index
             if self.cfg.edi.motion_key == "emi":
                 key = z_d - z_s
             else:
-                m_s, _ = self.fdm.compose(self.predict_motion(z_s, z_s, z_s))
+                m_s, _ = self.fdm.compose(motion_s)
                 key = m - m_s
             edi_out = self.edi.forward_train(maps[i], ed.maps[i], key, use_source_address)
             maps = [*maps[:i], edi_out.fused, *maps[i + 1:]]
-        image, grid = self.dec.synthesise(es.latent + m, maps, e, source=source if self.cfg.rgb_warp else None)
+        pixel = (source, motion.alpha() - motion_s.alpha()) if self.cfg.rgb_warp else (None, None)
+        image, grid = self.dec.synthesise(es.latent + m, maps, e, None, *pixel)
         return TrainOutput(image, z_s, z_d, motion, edi_out, grid)
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fixtalk.config import ModelConfig
-from fixtalk.models.layers import ConstantInput, ConvLayer, ModulatedConv2d, StyledConv, Upsample
+from fixtalk.models.layers import ConstantInput, ConvLayer, EqualConv2d, ModulatedConv2d, StyledConv, Upsample
 
 
 class ToRGB(nn.Module):
@@ -79,30 +79,43 @@ def pixel_identity_grid(size: int, like: torch.Tensor) -> torch.Tensor:
 class PixelWarp(nn.Module):
     """Occlusion-aware warp of the source image (FOMM Sec. 3.3, TPSMM): out = M * warp(I^s) + (1 - M) * G_rgb.
 
-    Flow and mask logits come from one modulated conv over the decoder features at half the output size
-    (a smooth, low-resolution flow: head motion is smooth, and the few training steps a CPU affords cannot
-    teach a per-pixel one), bilinearly upsampled. The conv starts at zero and the mask bias at `mask_init`,
-    so an untrained head returns the source (zero flow, M = sigmoid(4) = 0.98) and training starts from the
-    copy-the-source baseline instead of from G's blur.
+    The flow is linear in the motion *difference* delta = alpha^d - alpha^s (the FDM bank weights of driver and
+    source, B x motion_dim): flow = sum_k (W delta)_k B_k, with K flow fields B_k predicted from the source's
+    f_4 map (a source-specific basis: "what moving along motion k does to this face") plus a learned
+    source-independent part. So holding the source's own motion gives exactly zero flow, and each motion
+    weight has a direct, smooth path to the pixels. Features of G's stream (latent-conditioned) did not work
+    here: a head on them did not lower the landmark error on one clip in 60 steps (docs/quality.md). The mask
+    comes from G's features at half size (where G must draw: the inside of the mouth, disocclusions).
+    Everything starts at zero with the mask at sigmoid(4) = 0.98, so an untrained head returns the source.
     """
 
-    def __init__(self, in_channels: int, style_dim: int, mask_init: float = 4.0) -> None:
+    def __init__(self, map_channels: int, feat_channels: int, style_dim: int, motion_dim: int,
+                 basis: int = 32, mask_init: float = 4.0) -> None:
         super().__init__()
-        self.conv = ModulatedConv2d(in_channels, 3, 3, style_dim, demodulate=False)
-        nn.init.zeros_(self.conv.weight)
-        self.bias = nn.Parameter(torch.tensor([0.0, 0.0, mask_init]).view(1, 3, 1, 1))
+        self.basis = basis
+        self.coeff = nn.Linear(motion_dim, basis)
+        # Equalised lr (weights ~ 1/sqrt(fan_in) at run time) and a 1/K gain: an Adam step of lr then moves the
+        # flow by about lr (in half-widths), whatever the width of f_4 and the number of fields.
+        self.fields = EqualConv2d(map_channels, 2 * basis, 3, padding=1)
+        nn.init.zeros_(self.fields.weight)
+        self.mask = ModulatedConv2d(feat_channels, 1, 3, style_dim, demodulate=False)
+        nn.init.zeros_(self.mask.weight)
+        self.mask_bias = nn.Parameter(torch.tensor(float(mask_init)))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, source: torch.Tensor,
-                synth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, source: torch.Tensor, synth: torch.Tensor,
+                f4: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (blended image B x 3 x S x S, sampling grid B x S x S x 2 in align_corners=True units)."""
-        size = source.shape[-1]
-        raw = self.conv(x, style) + self.bias
-        raw = F.interpolate(raw, size=(size, size), mode="bilinear", align_corners=False)
-        grid = pixel_identity_grid(size, raw) + torch.tanh(raw[:, 0:2]).permute(0, 2, 3, 1)
-        warped = F.grid_sample(source.to(raw.dtype), grid, mode="bilinear", padding_mode="border",
-                               align_corners=True)
-        mask = torch.sigmoid(raw[:, 2:3])
-        return mask * warped + (1 - mask) * synth.to(raw.dtype), grid
+        size, b = source.shape[-1], synth.shape[0]
+        fields = self.fields(f4.to(synth.dtype))
+        fields = fields.expand(b, -1, -1, -1).view(b, self.basis, 2, *fields.shape[-2:])
+        flow = (self.coeff(delta.to(synth.dtype))[:, :, None, None, None] * fields).mean(1)  # B x 2 x h x w
+        flow = F.interpolate(flow, size=(size, size), mode="bilinear", align_corners=False)
+        grid = pixel_identity_grid(size, flow) + flow.permute(0, 2, 3, 1)
+        warped = F.grid_sample(source.to(flow.dtype).expand(b, -1, -1, -1), grid, mode="bilinear",
+                               padding_mode="border", align_corners=True)
+        logits = F.interpolate(self.mask(x, style), size=(size, size), mode="bilinear", align_corners=False)
+        mask = torch.sigmoid(logits + self.mask_bias)
+        return mask * warped + (1 - mask) * synth, grid
 
 
 class ADAIN(nn.Module):
@@ -177,7 +190,7 @@ class Synthesis(nn.Module):
         else:
             self.fineadainresblock = None
         # Absent (not just unused) without rgb_warp, so the paper-scale layouts and parity are untouched.
-        self.pixel_warp = PixelWarp(ch(cfg.size // 2), d) if cfg.rgb_warp else None
+        self.pixel_warp = PixelWarp(ch(32), ch(cfg.size // 2), d, cfg.motion_dim) if cfg.rgb_warp else None
 
     def eem_cache(self, feats: list[torch.Tensor], skip: int | None = None) -> list[torch.Tensor | None] | None:
         """Per-source EEM precomputation (None for the level `skip`, whose map changes per frame)."""
@@ -188,22 +201,24 @@ class Synthesis(nn.Module):
 
     def forward(self, latent: torch.Tensor, feats: list[torch.Tensor],
                 e: torch.Tensor | None = None, eem_cache: list[torch.Tensor | None] | None = None,
-                source: torch.Tensor | None = None) -> torch.Tensor:
+                source: torch.Tensor | None = None, delta: torch.Tensor | None = None) -> torch.Tensor:
         """latent: B x style_dim (f_6^s + m); feats: source maps coarse->fine; e: B x style_dim or None.
 
         All n_latent style copies of the reference are identical, so one vector serves every layer.
         `eem_cache` (from `eem_cache(feats)` on a constant source) removes EEM's convolutions per frame.
-        `source` (B x 3 x S x S) is the source image, required with rgb_warp.
-        Returns the raw RGB image B x 3 x S x S (no tanh, roughly in [-1, 1]).
+        With rgb_warp, `source` (B x 3 x S x S) is the source image and `delta` (B x motion_dim) the driver's
+        bank weights minus the source's (`PixelWarp`). Returns the raw RGB image B x 3 x S x S (no tanh,
+        roughly in [-1, 1]).
         """
-        return self.synthesise(latent, feats, e, eem_cache, source)[0]
+        return self.synthesise(latent, feats, e, eem_cache, source, delta)[0]
 
     def synthesise(self, latent: torch.Tensor, feats: list[torch.Tensor], e: torch.Tensor | None = None,
-                   eem_cache: list[torch.Tensor | None] | None = None,
-                   source: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   eem_cache: list[torch.Tensor | None] | None = None, source: torch.Tensor | None = None,
+                   delta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`forward`, also returning the pixel path's sampling grid (None without rgb_warp)."""
-        if self.pixel_warp is not None and source is None:
-            raise ValueError("this generator warps the source image (rgb_warp): pass source=")
+        if self.pixel_warp is not None and (source is None or delta is None):
+            raise ValueError("this generator warps the source image (rgb_warp): pass source= and delta=")
+        src_f4 = feats[[f.shape[-1] for f in feats].index(32)]  # the source's own f_4 (before EDI/EEM)
         x = self.conv1(self.input(latent.shape[0]), latent)
         rgb = raw = x_half = None
         for k, feat in enumerate(feats):
@@ -221,7 +236,5 @@ class Synthesis(nn.Module):
         assert rgb is not None
         if self.pixel_warp is None:
             return rgb, None
-        assert source is not None and x_half is not None
-        if source.shape[0] != rgb.shape[0]:
-            source = source.expand(rgb.shape[0], -1, -1, -1)
-        return self.pixel_warp(x_half, latent, source, rgb)
+        assert source is not None and delta is not None and x_half is not None
+        return self.pixel_warp(x_half, latent, source, rgb, src_f4, delta)

@@ -75,6 +75,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     o.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")
     o.add_argument("--workers", type=int, default=2, help="data-loading processes per training process")
+    o.add_argument("--pixel-lr-mult", type=float, default=10.0, help="lr multiplier of the pixel path's head")
     o.add_argument("--curriculum-max", type=float, default=0.5,
                    help="fixtalk stage: final probability of rendering from the motion-source address")
     l_ = t.add_argument_group("losses")
@@ -119,5 +120,5 @@ def _train(args: argparse.Namespace) -> int:
         save_every=args.save_every, log_every=args.log_every, sample_every=args.sample_every, seed=args.seed,
         workers=args.workers, precision=args.precision, curriculum_max=args.curriculum_max,
         image_losses=not args.no_image_losses, frame_fraction=args.frame_fraction, split=args.split,
-        weights=parse_loss_weights(args.loss_weight))
+        weights=parse_loss_weights(args.loss_weight), pixel_lr_mult=args.pixel_lr_mult)
     return train(opts, dry_run=args.dry_run)

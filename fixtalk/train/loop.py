@@ -199,8 +199,12 @@ def _train(opts: TrainOptions, env: DistEnv, dry_run: bool) -> int:
         d.to(env.device)
     if a2l is not None:
         a2l.to(env.device)
-    g_params = [p for _, p in named if p.requires_grad]
-    opt_g = torch.optim.Adam(g_params, lr=lr, betas=G_BETAS)
+    # The pixel path's head starts at zero and must learn a flow from the motion difference: 10x lr
+    # (opts.pixel_lr_mult; docs/quality.md). One group per lr, so the optimiser state keeps its layout.
+    pixel = [p for n, p in named if p.requires_grad and n.startswith("dec.pixel_warp.")]
+    rest = [p for n, p in named if p.requires_grad and not n.startswith("dec.pixel_warp.")]
+    groups = [{"params": rest}] + ([{"params": pixel, "lr": lr * opts.pixel_lr_mult}] if pixel else [])
+    opt_g = torch.optim.Adam(groups, lr=lr, betas=G_BETAS)
     opt_d = torch.optim.Adam(d.parameters(), lr=d_lr, betas=D_BETAS) if d is not None else None
     if ck is not None:
         opt_g.load_state_dict(ck["opt_g"])

@@ -101,6 +101,7 @@ class TrainOptions:
     image_losses: bool = True          # audio2lip stage: L1 + perceptual of frames rendered with predicted lips
     frame_fraction: float | None = None  # sample only the first fraction of each clip (finetune: 0.8)
     split: str | None = None           # manifest split to train on (default train; finetune: all)
+    pixel_lr_mult: float = 10.0        # lr multiplier of the rgb_warp pixel path's head (dec.pixel_warp.)
     weights: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
