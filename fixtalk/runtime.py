@@ -19,6 +19,18 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 M = TypeVar("M", bound=nn.Module)
 
 
+def cpu_description() -> tuple[str, list[str]]:
+    """(CPU model name, its bf16 units among amx_bf16 / avx512_bf16) from /proc/cpuinfo ("?" elsewhere)."""
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.is_file() else ""
+    lines = text.splitlines()
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    return name, [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+
+
 def _tensors(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return [obj]

@@ -16,7 +16,6 @@ import json
 import statistics
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
@@ -24,14 +23,12 @@ from fixtalk import losses as L
 from fixtalk.config import get_preset
 from fixtalk.models.backbones import load_backbone
 from fixtalk.models.fixtalk import FixTalk
+from fixtalk.runtime import cpu_description
 
 
 def cpu_info() -> dict[str, object]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return {"cpu": name, "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
-            "threads": torch.get_num_threads()}
+    name, units = cpu_description()
+    return {"cpu": name, "bf16_units": units, "threads": torch.get_num_threads()}
 
 
 def make_batch(args: argparse.Namespace, size: int) -> tuple[dict[str, torch.Tensor], float | None]:
@@ -107,8 +104,7 @@ def main() -> None:
     step_fn(model, backbone, torch.optim.Adam(model.parameters(), lr=1e-4), batch, False, times)
     print(json.dumps({"profile_fp32_s": times}))
     print(json.dumps({"bf16_speedup": round(results["fp32"] / results["bf16+channels_last"], 2),
-                      "chosen_for_training": "bf16" if (cpu_info()["amx_bf16"] and
-                                                       results["bf16+channels_last"] < results["fp32"]) else "fp32"}))
+                      "faster": min(results, key=results.__getitem__)}))
 
 
 if __name__ == "__main__":

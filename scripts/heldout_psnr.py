@@ -25,6 +25,7 @@ from fixtalk.models.generator import pixel_identity_grid
 from fixtalk.train.clipstore import read_clips, read_frames
 from fixtalk.train.data import scale_landmarks, to_tensor
 from fixtalk.train.setup import read_init
+from fixtalk.tune import tune_generator
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -34,15 +35,20 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * np.log10(255.0**2 / max(mse, 1e-10))
 
 
-@torch.no_grad()
-def score(model: FixTalk, data: str, frames: int) -> dict[str, float]:
+def score(model: FixTalk, data: str, frames: int, tune: int = 0, per_identity: bool = False) -> dict[str, float]:
     size = model.cfg.size
     ours, copy, lmk, lmk_copy = [], [], [], []
+    seen: set[str] = set()
     for clip in read_clips(data, "test")[0]:
+        if per_identity and clip.identity in seen:
+            continue
+        seen.add(clip.identity)
         idx = np.linspace(0, clip.frames - 1, frames + 1).round().astype(int).tolist()
         imgs = torch.stack([to_tensor(f, size) for f in read_frames(clip.mp4, idx)])
         src, drv = imgs[:1], imgs[1:]
-        out = model.forward_train(src.expand(len(drv), -1, -1, -1), drv, use_source_address=True)
+        net = tune_generator(model, src, tune)[0] if tune else model
+        with torch.no_grad():
+            out = net.forward_train(src.expand(len(drv), -1, -1, -1), drv, use_source_address=True)
         ours += [psnr(o, d) for o, d in zip(out.image, drv)]
         copy += [psnr(src[0], d) for d in drv]
         if out.grid is not None:
@@ -64,14 +70,16 @@ def main() -> None:
     ap.add_argument("data", help="a `fixtalk prep` folder with a test split")
     ap.add_argument("--frames", type=int, default=8, help="driver frames per clip")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tune", type=int, default=0, help="tune G on each source for N steps first (fixtalk.tune)")
+    ap.add_argument("--per-identity", action="store_true", help="only the first held-out clip of each identity")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     init = read_init(args.weights)
     model = FixTalk(init.cfg)
     model.load_state_dict({k: v.float() for k, v in init.model.items()})
     t0 = time.perf_counter()
-    res = score(model.eval(), args.data, args.frames)
-    print(json.dumps({"weights": args.weights, **{k: round(v, 3) for k, v in res.items()},
+    res = score(model.eval(), args.data, args.frames, args.tune, args.per_identity)
+    print(json.dumps({"weights": args.weights, "tune": args.tune, **{k: round(v, 3) for k, v in res.items()},
                       "seconds": round(time.perf_counter() - t0, 1)}))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from fixtalk.config import ModelConfig
@@ -68,6 +69,15 @@ class TrainOutput:
     motion: Motion
     edi: EDIOutput | None = None
     grid: Tensor | None = None     # B x S x S x 2: where the pixel path samples the source (rgb_warp)
+
+
+def motion_delta(motion: Motion, ref: Motion) -> Tensor:
+    """alpha - alpha_ref per factor, B x motion_dim (the pixel path's input); a factor `motion` leaves out
+    (exp=None: the mouth-pose stage, or a lip/pose drive) counts as held at the reference's, i.e. zero."""
+    parts = [motion.lip - ref.lip, motion.pose - ref.pose]
+    if ref.exp is not None:
+        parts.append(torch.zeros_like(ref.exp) if motion.exp is None else motion.exp - ref.exp)
+    return torch.cat([p.expand(motion.lip.shape[0], -1) for p in parts], dim=-1)
 
 
 class FixTalk(nn.Module):
@@ -131,7 +141,7 @@ class FixTalk(nn.Module):
             i = self.cfg.f4_index
             fused = self.edi.forward_infer(maps[i], key, f_pi_s=src.f_pi)
             maps = [*maps[:i], fused, *maps[i + 1:]]
-        delta = motion.alpha() - src.motion.alpha() if self.cfg.rgb_warp else None
+        delta = motion_delta(motion, src.motion) if self.cfg.rgb_warp else None
         return self.dec(src.latent + m, maps, e, src.eem, src.image, delta)
 
     def forward(self, source: Tensor, driver: Tensor) -> Tensor:
@@ -165,7 +175,7 @@ class FixTalk(nn.Module):
                 key = m - m_s
             edi_out = self.edi.forward_train(maps[i], ed.maps[i], key, use_source_address)
             maps = [*maps[:i], edi_out.fused, *maps[i + 1:]]
-        pixel = (source, motion.alpha() - motion_s.alpha()) if self.cfg.rgb_warp else (None, None)
+        pixel = (source, motion_delta(motion, motion_s)) if self.cfg.rgb_warp else (None, None)
         image, grid = self.dec.synthesise(es.latent + m, maps, e, None, *pixel)
         return TrainOutput(image, z_s, z_d, motion, edi_out, grid)
 

@@ -157,6 +157,14 @@ def _train(opts: TrainOptions, env: DistEnv, dry_run: bool) -> int:
     sampler = EpochSampler(dataset, env.world, env.rank, opts.seed)
     steps_per_epoch = sampler.num_samples // opts.batch_size
     bf16 = opts.precision == "bf16" or (opts.precision == "auto" and env.device.type == "cuda")
+    if env.device.type == "cpu" and main:
+        from fixtalk.runtime import cpu_description
+
+        name, units = cpu_description()
+        # Auto stays fp32 on CPUs: with per-sample modulated weights bf16 is not faster yet, even with AMX
+        # (scripts/bench_train_step.py measures both on the same batch; the performance issue tracks it).
+        say(f"fixtalk train: precision {'bf16 autocast' if bf16 else 'fp32'} on {name} "
+            f"(bf16 units: {', '.join(units) or 'none'})")
     lr, d_lr = opts.lr or G_LR, opts.d_lr or D_LR
     resolved = {
         "stage": opts.stage, "options": json.loads(json.dumps(opts.to_dict())), "model": cfg.to_dict(),
