@@ -88,7 +88,9 @@ def main() -> None:
     for name, bf16, channels_last in (("fp32", False, False), ("bf16+channels_last", True, True)):
         model = FixTalk(cfg).train()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        model = model.to(memory_format=fmt)
+        for prm in model.parameters():  # 4-D weights only: the modulated convs keep 5-D per-sample weights
+            if prm.ndim == 4:
+                prm.data = prm.data.contiguous(memory_format=fmt)
         b = {k: v.contiguous(memory_format=fmt) if v.ndim == 4 else v for k, v in batch.items()}
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         step_fn(model, backbone, opt, b, bf16)  # warm-up (oneDNN primitive creation)

@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--every", type=int, default=25)
     ap.add_argument("--landmark-flow", type=float, default=10.0, help="weight of the landmark flow term")
-    ap.add_argument("--head-lr-mult", type=float, default=1.0, help="lr multiplier of the pixel path's head")
+    ap.add_argument("--head-lr-mult", type=float, default=10.0, help="lr multiplier of the pixel path's head")
     ap.add_argument("--target", type=float, default=30.0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
