@@ -184,10 +184,16 @@ class Pipeline:
         name = None if path is None else str(path)
         image = source if isinstance(source, np.ndarray) else load_image(source)
         face = self.detector.align(image, face_index=face_index, path=name)
-        face_crop = crop(image, face.transform, self.cfg.size)
+        return self.prepare_crop(crop(image, face.transform, self.cfg.size), image, face.transform, name)
+
+    def prepare_crop(self, face_crop: np.ndarray, image: np.ndarray | None = None,
+                     transform: np.ndarray | None = None, path: str | None = None) -> PreparedSource:
+        """Encode an already aligned S x S crop (tuned first with `--tune`). Without `image`/`transform` the
+        crop is its own frame (identity transform), as for eval's and prep's crops."""
         model = self.tuned(face_crop)
         state = self.runtime.run((model or self.model).prepare_source, to_tensor(face_crop))
-        return PreparedSource(image, face.transform, face_crop, state, name, model)
+        return PreparedSource(face_crop if image is None else image,
+                              np.eye(2, 3) if transform is None else transform, face_crop, state, path, model)
 
     def tuned(self, face_crop: np.ndarray) -> FixTalk | None:
         """The generator tuned on this aligned crop (`--tune`; cached by its hash), None when tuning is off."""
@@ -197,7 +203,7 @@ class Pipeline:
 
         from fixtalk.tune import tune_generator
 
-        key = hashlib.sha1(face_crop.tobytes() + str(self.tune_steps).encode()).hexdigest()
+        key = hashlib.sha1(face_crop.tobytes()).hexdigest()
         if key not in self._tuned:
             model, secs = tune_generator(self.model, to_tensor(face_crop).to(self.runtime.device), self.tune_steps)
             log.info("tuned the generator on the source: %d steps in %.1f s", self.tune_steps, secs)

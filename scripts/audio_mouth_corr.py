@@ -22,7 +22,7 @@ import torch
 
 from fixtalk.audio import load_audio
 from fixtalk.faces import FaceDetector
-from fixtalk.pipeline import Drive, FactorTrack, Pipeline, PreparedSource, to_tensor
+from fixtalk.pipeline import Drive, FactorTrack, Pipeline
 from fixtalk.train.clipstore import read_clips, read_frames
 
 
@@ -68,12 +68,10 @@ def main() -> None:
         if not clip.has_audio:
             continue
         n = min(clip.frames, args.max_frames)
-        face = read_frames(clip.mp4, [0])[0]
-        state = pipe.runtime.run(pipe.model.prepare_source, to_tensor(face))
-        src = PreparedSource(face, np.eye(2, 3), face, state)
+        src = pipe.prepare_crop(read_frames(clip.mp4, [0])[0])
         lip, wav = pipe.audio_lip(clip.mp4, max_frames=n)
         n = min(n, len(lip))
-        own = state.motion
+        own = src.state.motion
         drive = Drive(FactorTrack(lip[:n], "audio"), FactorTrack(own.pose.float().cpu(), "pose"),
                       None if own.exp is None else FactorTrack(own.exp.float().cpu(), "exp"), n)
         render = np.array([np.nan if (lm := landmarks_of(det, f)) is None else opening(lm)

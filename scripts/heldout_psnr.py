@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from fixtalk.losses import landmark_flow_loss
+from fixtalk.metrics.image import psnr as psnr8
 from fixtalk.models.fixtalk import FixTalk
 from fixtalk.models.generator import pixel_identity_grid
+from fixtalk.pipeline import to_uint8
 from fixtalk.train.clipstore import read_clips, read_frames
 from fixtalk.train.data import scale_landmarks, to_tensor
 from fixtalk.train.setup import read_init
@@ -29,10 +31,9 @@ from fixtalk.tune import tune_generator
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of [-1, 1] images after rounding to 8 bits, as the metrics do."""
-    q = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
-    mse = (q(a) - q(b)).pow(2).mean().item()
-    return 10 * np.log10(255.0**2 / max(mse, 1e-10))
+    """PSNR (dB) of two [-1, 1] images after the Pipeline's 8-bit mapping, as `fixtalk eval` scores them."""
+    x, y = to_uint8(torch.stack([a, b]))
+    return psnr8(x, y)
 
 
 def score(model: FixTalk, data: str, frames: int, tune: int = 0, per_identity: bool = False) -> dict[str, float]:

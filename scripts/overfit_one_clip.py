@@ -22,16 +22,19 @@ import torch
 
 from fixtalk import losses as L
 from fixtalk.config import get_preset
+from fixtalk.metrics.image import psnr as psnr8
 from fixtalk.models.backbones import load_backbone
 from fixtalk.models.fixtalk import FixTalk
+from fixtalk.pipeline import to_uint8
 from fixtalk.train.clipstore import read_clips, read_frames
 from fixtalk.train.data import scale_landmarks, to_tensor
 from fixtalk.train.setup import partial_load, read_init
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    q = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
-    return 10 * np.log10(255.0**2 / max((q(a) - q(b)).pow(2).mean().item(), 1e-10))
+    """PSNR (dB) of two [-1, 1] images after the Pipeline's 8-bit mapping, as `fixtalk eval` scores them."""
+    x, y = to_uint8(torch.stack([a, b]))
+    return psnr8(x, y)
 
 
 def main() -> int:

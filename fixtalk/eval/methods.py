@@ -145,15 +145,13 @@ class CheckpointRow:
         return torch.from_numpy(np.asarray(preset, np.float32).reshape(1, -1))
 
     def render(self, source: dict[int, np.ndarray], motion: Motion | None, n: int, size: int) -> list[np.ndarray]:
-        from fixtalk.pipeline import Drive, FactorTrack, PreparedSource, to_tensor
+        from fixtalk.pipeline import Drive, FactorTrack
 
         assert motion is not None and self.size is not None
         face = source[self.size]
         src = self._sources.get(id(face))
         if src is None or src.crop is not face:
-            model = self.pipe.tuned(face)
-            state = self.pipe.runtime.run((model or self.pipe.model).prepare_source, to_tensor(face))
-            src = self._sources[id(face)] = PreparedSource(face, np.eye(2, 3), face, state, None, model)
+            src = self._sources[id(face)] = self.pipe.prepare_crop(face)
         exp = FactorTrack(motion.exp, "exp") if motion.exp is not None and self.cfg.has_expression else None
         drive = Drive(FactorTrack(motion.lip, "lip"), FactorTrack(motion.pose, "pose"), exp, n)
         return [fit(f, size) for f in self.pipe.frames(src, drive, paste_back=False)]

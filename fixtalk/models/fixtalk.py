@@ -165,17 +165,18 @@ class FixTalk(nn.Module):
         m, e = self.fdm.compose(motion)
         maps, edi_out = es.maps, None
         needs_source_motion = self.cfg.rgb_warp or (self.edi is not None and self.cfg.edi.motion_key != "emi")
-        motion_s = self.predict_motion(z_s, z_s, z_s) if needs_source_motion else motion
+        motion_s = self.predict_motion(z_s, z_s, z_s) if needs_source_motion else None
         if self.edi is not None:
             i = self.cfg.f4_index
             if self.cfg.edi.motion_key == "emi":
                 key = z_d - z_s
             else:
+                assert motion_s is not None
                 m_s, _ = self.fdm.compose(motion_s)
                 key = m - m_s
             edi_out = self.edi.forward_train(maps[i], ed.maps[i], key, use_source_address)
             maps = [*maps[:i], edi_out.fused, *maps[i + 1:]]
-        pixel = (source, motion_delta(motion, motion_s)) if self.cfg.rgb_warp else (None, None)
+        pixel = (source, motion_delta(motion, motion_s)) if motion_s is not None and self.cfg.rgb_warp else (None, None)
         image, grid = self.dec.synthesise(es.latent + m, maps, e, None, *pixel)
         return TrainOutput(image, z_s, z_d, motion, edi_out, grid)
 

@@ -80,9 +80,9 @@ class PixelWarp(nn.Module):
     """Occlusion-aware warp of the source image (FOMM Sec. 3.3, TPSMM): out = M * warp(I^s) + (1 - M) * G_rgb.
 
     The flow is linear in the motion *difference* delta = alpha^d - alpha^s (the FDM bank weights of driver and
-    source, B x motion_dim): flow = sum_k (W delta)_k B_k, with K flow fields B_k predicted from the source's
-    f_4 map (a source-specific basis: "what moving along motion k does to this face") plus a learned
-    source-independent part. So holding the source's own motion gives exactly zero flow, and each motion
+    source, B x motion_dim): flow = mean_k (W delta)_k B_k, with K flow fields B_k predicted from the source's
+    f_4 map by a conv whose bias is the source-independent part (a source-specific basis: "what moving along
+    motion k does to this face"). So holding the source's own motion gives exactly zero flow, and each motion
     weight has a direct, smooth path to the pixels. Features of G's stream (latent-conditioned) did not work
     here: a head on them did not lower the landmark error on one clip in 60 steps (docs/quality.md). The mask
     comes from G's features at half size (where G must draw: the inside of the mouth, disocclusions).
@@ -218,7 +218,6 @@ class Synthesis(nn.Module):
         """`forward`, also returning the pixel path's sampling grid (None without rgb_warp)."""
         if self.pixel_warp is not None and (source is None or delta is None):
             raise ValueError("this generator warps the source image (rgb_warp): pass source= and delta=")
-        src_f4 = feats[[f.shape[-1] for f in feats].index(32)]  # the source's own f_4 (before EDI/EEM)
         x = self.conv1(self.input(latent.shape[0]), latent)
         rgb = raw = x_half = None
         for k, feat in enumerate(feats):
@@ -237,4 +236,5 @@ class Synthesis(nn.Module):
         if self.pixel_warp is None:
             return rgb, None
         assert source is not None and delta is not None and x_half is not None
+        src_f4 = feats[[f.shape[-1] for f in feats].index(32)]  # the source's own f_4 (before EDI/EEM)
         return self.pixel_warp(x_half, latent, source, rgb, src_f4, delta)
