@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fixtalk.config import get_preset
-from fixtalk.models.fixtalk import FixTalk
+from fixtalk.models.fixtalk import FixTalk, motion_delta
 from fixtalk.runtime import Runtime
 
 
@@ -69,7 +69,7 @@ def reference_frame(model: FixTalk, source: torch.Tensor, lip: torch.Tensor, pos
     dec = model.dec
     latent = wa + m
     x = dec.conv1(dec.input(1), latent)
-    rgb = raw = None
+    rgb = raw = x_half = None
     for k, feat in enumerate(feats):
         x = dec.convs[2 * k + 1](dec.convs[2 * k](x, latent), latent)
         if dec.fineadainresblock is not None:
@@ -78,7 +78,15 @@ def reference_frame(model: FixTalk, source: torch.Tensor, lip: torch.Tensor, pos
             feat = eem(feat, e)
         warped, x, raw = dec.to_flows[k](x, latent, feat, raw)
         rgb = dec.to_rgbs[k](warped, rgb)
-    return rgb
+        x_half = x if k == len(feats) - 2 else x_half
+    if dec.pixel_warp is None:
+        return rgb
+    # The pixel path (rgb_warp, not in the reference code) costs the same in both loops: the source's own bank
+    # weights are recomputed per frame here, as everything else is.
+    heads = [fdm.lip_fc, fdm.pose_fc] + ([fdm.exp_fc] if fdm.exp_dim else [])
+    delta = a - torch.cat([h(fdm.fc(wa)) for h in heads], -1)
+    f4 = feats[[f.shape[-1] for f in feats].index(32)]
+    return dec.pixel_warp(x_half, latent, source, rgb, f4, delta)[0]
 
 
 def module_times(model: FixTalk, batch: int, rt: Runtime) -> dict[str, float]:
@@ -103,7 +111,8 @@ def module_times(model: FixTalk, batch: int, rt: Runtime) -> dict[str, float]:
         res["EDI"] = timeit(lambda: rt.run(model.edi.forward_infer, maps[i], key, st.f_pi), rt.device)
         fused = rt.run(model.edi.forward_infer, maps[i], key, st.f_pi)
         maps = [*maps[:i], fused, *maps[i + 1:]]
-    res["G (generator)"] = timeit(lambda: rt.run(model.dec, st.latent + m, maps, e), rt.device)
+    pixel = (st.image, motion_delta(motion, st.motion)) if model.cfg.rgb_warp else (None, None)
+    res["G (generator)"] = timeit(lambda: rt.run(model.dec, st.latent + m, maps, e, st.eem, *pixel), rt.device)
     return {k: 1000 * v / batch for k, v in res.items()}
 
 
@@ -115,7 +124,7 @@ def model_only(model: FixTalk, batch: int, rt: Runtime) -> tuple[float, float]:
 
     def ours() -> None:
         feat = rt.run(model.driving_features, x)
-        rt.run(model.render, src, model.predict_motion(feat, feat, feat))
+        rt.run(lambda: model.render(src, model.predict_motion(feat, feat, feat)))
 
     one = x[:1]
     ref = timeit(lambda: rt.run(reference_frame, model, one, one, one, one), rt.device)
