@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from fixtalk.config import get_preset
 from fixtalk.models.fixtalk import FixTalk, motion_delta
+from fixtalk.options import RuntimeOptions, add_runtime_args
 from fixtalk.runtime import Runtime
 
 
@@ -184,12 +185,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(None, str(err.args[0])) from None
     if args.size:
         cfg = cfg.replace(size=args.size)
-    rt = Runtime(args.device, args.dtype, args.compile)
+    rt = RuntimeOptions.from_args(args).runtime()
     torch.manual_seed(0)
     model = rt.prepare(FixTalk(cfg))
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
-    print(f"fixtalk bench: {cfg.name} at {cfg.size}px, device {rt.device}, dtype {args.dtype}, batch {args.batch}"
+    print(f"fixtalk bench: {cfg.name} at {cfg.size}px, device {rt.device}, dtype {rt.dtype_name}, batch {args.batch}"
           f"{', compiled' if args.compile else ''}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("per module, ms/frame:")
     for k, v in module_times(model, args.batch, rt).items():
@@ -208,10 +209,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict) -> None:
     p = sub.add_parser("bench", help="per-module timings and speed-up over the EDTalk demo loop")
     p.add_argument("--preset", default="fixtalk-256")
     p.add_argument("--size", type=int, help="override the preset's resolution")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--compile", action="store_true")
+    add_runtime_args(p, batch=8, dtype="fp32")
     p.add_argument("--source", help="portrait for the file-to-file measurement")
     p.add_argument("--clip", help="driving clip for the file-to-file measurement")
     p.add_argument("--frames", type=int, default=24, help="frames of the clip to use")

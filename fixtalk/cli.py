@@ -7,6 +7,7 @@ traceback (fixtalk.errors.InputError).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -95,6 +96,9 @@ def _extensions() -> list[Callable]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before torch is imported (it reads this once): OpenMP threads that finish a parallel region sleep instead
+    # of spinning, so they give the core back to whatever else runs on the machine (fixtalk.runtime.choose_threads).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -17,6 +17,7 @@ import numpy as np
 
 from fixtalk.checkpoint import EMOTIONS
 from fixtalk.errors import InputError
+from fixtalk.options import RuntimeOptions, add_runtime_args
 from fixtalk.pipeline_cli import add_strength_args, strengths
 
 EPILOG = f"""
@@ -51,11 +52,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     o.add_argument("--realtime", action="store_true",
                    help="feed a video file at its frame rate, as a camera would (default: as fast as possible)")
     o.add_argument("--quiet", action="store_true", help="print only the summary")
-    r = p.add_argument_group("runtime")
+    r = add_runtime_args(p, batch=False)  # one frame per call: a live stream cannot wait for a batch
     r.add_argument("--checkpoint", help="checkpoint directory (default: the model shipped in the package)")
-    r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
-    r.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    r.add_argument("--compile", action="store_true", help="torch.compile the generator")
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
     handlers["live"] = _live
@@ -118,7 +116,6 @@ def summary(latencies: list[float], timings: dict[str, list[float]], wall: float
 
 def _live(args: argparse.Namespace) -> int:
     from fixtalk.pipeline import FPS, Pipeline
-    from fixtalk.runtime import Runtime
     from fixtalk.stream import SAMPLES_PER_FRAME, Stream
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="fixtalk: %(message)s")
@@ -137,8 +134,9 @@ def _live(args: argparse.Namespace) -> int:
         frames, fps = _camera(int(args.driving), args.max_frames)
     else:
         frames, fps = _video(args.driving, args.max_frames, args.realtime), float(FPS)
-    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=Runtime(args.device, args.dtype, args.compile),
-                                    batch_size=1, progress=False, tune_steps=args.tune)
+    rt = RuntimeOptions.from_args(args).runtime()
+    print(f"fixtalk live: {rt.describe()}", flush=True)
+    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=1, progress=False, tune_steps=args.tune)
     src = pipe.prepare_source(args.source, face_index=args.face_index)
     stream = Stream(pipe, src, mouth=mouth, pose=args.pose, expression=args.expression,
                     strength=strengths(args),

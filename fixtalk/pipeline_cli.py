@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from fixtalk.checkpoint import EMOTIONS
 from fixtalk.errors import InputError
+from fixtalk.options import add_runtime_args
 
 EPILOG = f"""
 factor sources: a video or image path | 'source' (hold the portrait's own) | 'audio' (mouth only)
@@ -52,13 +53,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     o.add_argument("--no-paste-back", action="store_true", help="write the aligned face crop only")
     o.add_argument("--side-by-side", action="store_true", help="show source, drivers and result")
     o.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames (a quick preview)")
-    r = p.add_argument_group("runtime")
+    r = add_runtime_args(p)
     r.add_argument("--checkpoint", help="checkpoint directory (default: the model shipped in the package)")
-    r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    r.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="reduced precision falls back to fp32 for any non-finite frame")
-    r.add_argument("--compile", action="store_true", help="torch.compile the generator")
-    r.add_argument("--batch", type=int, help="frames per batch (default: 8 on CUDA, 1 on CPU)")
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
     r.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
@@ -90,15 +86,14 @@ def check_audio(path: str) -> None:
 
 def _animate(args: argparse.Namespace) -> int:
     from fixtalk.io import load_image
+    from fixtalk.options import RuntimeOptions
     from fixtalk.pipeline import Pipeline, check_factor
-    from fixtalk.runtime import Runtime
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="fixtalk: %(message)s")
     # Everything cheap is checked before the model loads, so bad input fails in a fraction of a second.
     if not args.output.lower().endswith((".mp4", ".mov", ".mkv")):
         raise InputError(args.output, "output must be a video file (.mp4, .mov or .mkv)")
-    if args.batch is not None and args.batch < 1:
-        raise InputError(None, "--batch must be >= 1")
+    options = RuntimeOptions.from_args(args)
     if args.max_frames is not None and args.max_frames < 1:
         raise InputError(None, "--max-frames must be >= 1")
     mouth = args.mouth or ("audio" if args.audio else args.driving) or "source"
@@ -111,8 +106,11 @@ def _animate(args: argparse.Namespace) -> int:
     if args.audio:
         check_audio(args.audio)
     image = load_image(args.source)
-    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=Runtime(args.device, args.dtype, args.compile),
-                                    batch_size=args.batch, progress=not args.quiet, tune_steps=args.tune)
+    rt = options.runtime()
+    if not args.quiet:
+        print(f"fixtalk animate: {rt.describe()}")
+    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=options.batch,
+                                    progress=not args.quiet, tune_steps=args.tune)
     src = pipe.prepare_source(image, face_index=args.face_index, path=args.source)
     drive = pipe.drive(src, mouth=mouth, pose=pose, expression=expression, audio=args.audio,
                        side_by_side=args.side_by_side, max_frames=args.max_frames)

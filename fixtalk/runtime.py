@@ -1,8 +1,9 @@
-"""Device, dtype, autocast, no-grad and compile: the one runtime layer between models and interfaces.
+"""Device, dtype, threads, autocast, no-grad and compile: the one runtime layer between models and interfaces.
 
-Models never choose a device or dtype (conventions.md item 5). `Runtime.run` evaluates a model call in
-inference mode under autocast for bf16/fp16 and, when a tensor comes out non-finite (fp16 overflow on
-older GPUs: "black frames"), warns once and recomputes that call in float32 (`fallbacks` counts them).
+Models never choose a device or dtype (docs/architecture.md). Every command's runtime flags parse into one
+`fixtalk.options.RuntimeOptions`, which builds the `Runtime`. `Runtime.run` evaluates
+a model call in inference mode under autocast for bf16/fp16 and, when a tensor comes out non-finite (fp16
+overflow on older GPUs: "black frames"), warns once and recomputes that call in float32 (`fallbacks` counts them).
 """
 
 from __future__ import annotations
@@ -54,21 +55,35 @@ def _float32(obj: Any) -> Any:
     return obj
 
 
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """`auto`: bf16 on a CUDA GPU that has it (fp16 on older ones); on a CPU, bf16 only with AMX tiles, where
+    oneDNN's bf16 convolutions are several times faster than fp32; fp32 elsewhere (with AVX512-BF16 alone the
+    grouped modulated convolutions measured slower in bf16: docs/performance.md)."""
+    if dtype != "auto":
+        return dtype
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu":
+        return "bf16" if "amx_bf16" in cpu_description()[1] else "fp32"
+    return "fp32"
+
+
 class Runtime:
     def __init__(self, device: str = "auto", dtype: str = "fp32", compile: bool = False) -> None:
         from fixtalk.errors import InputError
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype not in (*DTYPES, "auto"):
+            raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
         try:
             self.device = torch.device(device)
         except RuntimeError:
             raise InputError(None, f"unknown device {device!r}: use auto, cpu, cuda, cuda:1, mps, ...") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(None, f"device {device!r}: CUDA is not available here (use --device cpu)")
-        self.dtype = DTYPES[dtype]
+        self.dtype_name = resolve_dtype(dtype, self.device)
+        self.dtype = DTYPES[self.dtype_name]
         self.compile = compile
         self.fallbacks = 0  # calls recomputed in float32 after a non-finite reduced-precision result
         self._warned = False
@@ -102,3 +117,10 @@ class Runtime:
                             self.dtype, self.dtype)
                 self._warned = True
             return fn(*args)
+
+
+    def describe(self) -> str:
+        """What was chosen, for the commands' first line: device, dtype, threads."""
+        where = cpu_description()[0] if self.device.type == "cpu" else str(self.device)
+        return f"{self.device.type} ({where}), {self.dtype_name}, {torch.get_num_threads()} threads"
+

@@ -26,6 +26,7 @@ from typing import Any
 
 from fixtalk.checkpoint import EMOTIONS
 from fixtalk.errors import InputError
+from fixtalk.options import RuntimeOptions, add_runtime_args
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +237,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network")
     p.add_argument("--port", type=int, default=7860, help="(default: %(default)s)")
     p.add_argument("--checkpoint", help="checkpoint directory (default: the model shipped in the package)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the generator")
+    add_runtime_args(p)
     p.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
     p.add_argument("--max-upload-mb", type=float, default=Limits.max_upload_mb,
@@ -260,13 +259,14 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no version check either
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from fixtalk.pipeline import Pipeline
-    from fixtalk.runtime import Runtime
 
     logging.basicConfig(level=logging.WARNING, format="fixtalk: %(message)s")
     if args.max_upload_mb <= 0 or args.max_seconds <= 0:
         raise InputError(None, "--max-upload-mb and --max-seconds must be positive")
-    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=Runtime(args.device, args.dtype, args.compile),
-                                    tune_steps=args.tune)
+    options = RuntimeOptions.from_args(args)
+    rt = options.runtime()
+    print(f"fixtalk serve: {rt.describe()}", flush=True)
+    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=options.batch, tune_steps=args.tune)
     limits = Limits(args.max_seconds, args.max_upload_mb)
     demo = build_demo(WebApp(pipe, limits), args.examples or default_examples_dir())
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from fixtalk.errors import InputError
+from fixtalk.options import RuntimeOptions, add_runtime_args
 
 EPILOG = """
 rows: 'real' (the ground-truth frames, no-reference metrics only), 'copy-source' (the source crop repeated)
@@ -60,15 +61,9 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     lim.add_argument("--inception", metavar="FILE", help="pt_inception-2015-12-05-6726825d.pth for the real FID "
                                                          "(else $FIXTALK_FID_INCEPTION, else the MobileNetV2 proxy)")
     lim.add_argument("--syncnet", metavar="FILE", help="syncnet_v2.model for LSE-C/LSE-D (else $FIXTALK_SYNCNET)")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--device", default="auto",
-                   help="auto (CUDA when present; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:1, ...")
-    r.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    r.add_argument("--batch", type=int, default=8, metavar="N", help="frames per generator batch")
+    r = add_runtime_args(p, batch=8, compile=False, dtype="fp32")  # --device auto: cuda:LOCAL_RANK under torchrun
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="also score every checkpoint with the generator tuned N steps on each source (row NAME+tuneN)")
-    r.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads for torch (default: torch's; 1 is much faster on a machine others keep busy)")
     r.add_argument("--shard", metavar="I/N", help="evaluate every N-th clip starting at I (default: "
                                                   "RANK/WORLD_SIZE under torchrun, else all)")
     handlers["eval"] = _eval
@@ -99,7 +94,8 @@ def _eval(args: argparse.Namespace) -> int:
     from fixtalk.eval.suite import EvalOptions
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="fixtalk: %(message)s")
-    for flag in ("max_clips", "max_frames", "batch", "threads"):
+    options = RuntimeOptions.from_args(args)  # checks --batch and --threads
+    for flag in ("max_clips", "max_frames"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             raise InputError(None, f"--{flag.replace('_', '-')} must be >= 1")
@@ -123,13 +119,10 @@ def _eval(args: argparse.Namespace) -> int:
                        syncnet=args.syncnet, device=device, dtype=args.dtype, batch=args.batch, tune=args.tune)
     import torch
 
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        res = run(opts, args.out, args.markdown, shard, progress=not args.quiet)
-    finally:
-        torch.set_num_threads(threads)
+    from fixtalk.options import choose_threads
+
+    torch.set_num_threads(choose_threads(options.threads))
+    res = run(opts, args.out, args.markdown, shard, progress=not args.quiet)
     if res is None:
         print(f"shard {shard[0]}/{shard[1]} done; {args.out} is written when every shard has finished",
               file=sys.stderr)

@@ -1,0 +1,90 @@
+"""Options shared by every command, parsed once (no torch import: `fixtalk --help` stays fast).
+
+`RuntimeOptions` holds the runtime flags (`add_runtime_args` declares them in one place for animate, live,
+serve, eval and bench) and builds the `fixtalk.runtime.Runtime` that applies them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fixtalk.runtime import Runtime
+
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
+
+
+def choose_threads(requested: int | None = None) -> int:
+    """torch's intra-op threads: `requested`, else the cores this process may use minus those others keep busy.
+
+    Why: on a machine another CPU-bound process shares, every thread beyond the idle cores waits at each
+    parallel region for a core; a 50-frame render took 83 s with torch's default 2 threads next to one busy
+    process and 8.9 s with 1 (the performance issue). The 1-minute load average is what the kernel offers as
+    "busy cores"; it counts this process only from the moment it starts running, so at start-up it is others'.
+    """
+    if requested is not None:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # not on this platform
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions:
+    """The runtime flags every command shares (`add_runtime_args`), as one typed object."""
+
+    device: str = "auto"        # auto (CUDA when present), cpu, cuda, cuda:1, ...
+    dtype: str = "auto"         # auto (resolve_dtype), fp32, bf16, fp16
+    threads: int | None = None  # torch intra-op threads; None: choose_threads()
+    compile: bool = False       # torch.compile the generator
+    batch: int | None = None    # frames per generator call; None: the command's default
+
+    def __post_init__(self) -> None:
+        from fixtalk.errors import InputError
+
+        for name in ("threads", "batch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(None, f"--{name} must be >= 1")
+
+    def runtime(self) -> Runtime:
+        """Set torch's threads (process-wide, as torch does) and build the Runtime."""
+        import torch
+
+        from fixtalk.runtime import Runtime
+
+        torch.set_num_threads(choose_threads(self.threads))
+        return Runtime(self.device, self.dtype, self.compile)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RuntimeOptions:
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, batch: int | None | bool = None, compile: bool = True,
+                     dtype: str = "auto") -> argparse._ArgumentGroup:
+    """Declare --device/--dtype/--threads (+ --compile, + --batch unless batch=False) in one "runtime" group.
+
+    `batch` is the command's default frames per call (None: decided later, e.g. by device); `dtype` its default
+    precision (eval and bench measure in fp32 unless asked)."""
+    r = parser.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    r.add_argument("--dtype", default=dtype, choices=["auto", *DTYPE_NAMES],
+                   help=f"default {dtype}; auto: bf16 on GPUs and on CPUs with AMX, else fp32; reduced precision "
+                        "falls back to fp32 for any non-finite result")
+    r.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads (default: the cores other processes leave idle, at least 1)")
+    if compile:
+        r.add_argument("--compile", action="store_true", help="torch.compile the generator")
+    if batch is not False:
+        r.add_argument("--batch", type=int, default=batch, metavar="N",
+                       help="frames per generator call" + (f" (default {batch})" if batch else
+                                                           " (default: 8 on CUDA, 1 on CPU)"))
+    return r

@@ -1,0 +1,72 @@
+"""RuntimeOptions: one set of runtime flags for every command, the thread choice under load, dtype auto."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fixtalk import runtime
+from fixtalk.cli import build_parser
+from fixtalk.errors import InputError
+from fixtalk.options import RuntimeOptions, choose_threads
+
+
+@pytest.mark.parametrize("command", ["animate", "live", "serve", "eval", "bench"])
+def test_every_command_takes_the_runtime_flags(command: str) -> None:
+    parser, _ = build_parser()
+    required = {"animate": ["--source", "s.png", "--output", "o.mp4"], "live": ["--source", "s.png", "--driving", "x.mp4"],
+                "eval": ["--videos", "v", "--out", "o.json"]}.get(command, [])
+    args = parser.parse_args([command, *required, "--device", "cpu", "--dtype", "fp32", "--threads", "1"])
+    opts = RuntimeOptions.from_args(args)
+    assert (opts.device, opts.dtype, opts.threads) == ("cpu", "fp32", 1)
+
+
+def test_bad_counts_are_one_line_errors() -> None:
+    with pytest.raises(InputError, match="--threads must be >= 1"):
+        RuntimeOptions(threads=0)
+    with pytest.raises(InputError, match="--batch must be >= 1"):
+        RuntimeOptions(batch=0)
+
+
+def test_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert choose_threads(3) == 3  # asked for: taken as is
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert choose_threads() == cores
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores), 0.0, 0.0))
+    assert choose_threads() == 1  # every core busy: one thread, never zero
+    monkeypatch.setattr(os, "getloadavg", lambda: (max(cores - 1.2, 0.0), 0.0, 0.0))
+    assert choose_threads() == max(1, min(cores, round(1.2)))
+
+
+def test_runtime_applies_the_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        rt = RuntimeOptions(device="cpu", dtype="fp32", threads=1).runtime()
+        assert torch.get_num_threads() == 1 and rt.dtype is torch.float32
+        assert "fp32, 1 threads" in rt.describe()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_dtype_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_description", lambda: ("Intel Xeon", ["amx_bf16", "avx512_bf16"]))
+    assert runtime.resolve_dtype("auto", cpu) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_description", lambda: ("AMD EPYC", ["avx512_bf16"]))
+    assert runtime.resolve_dtype("auto", cpu) == "fp32"
+    assert runtime.resolve_dtype("bf16", cpu) == "bf16"  # asked for: taken as is
+    assert runtime.Runtime("cpu", "auto").dtype is torch.float32
+
+
+def test_cli_makes_openmp_threads_sleep_when_idle() -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os; from fixtalk.cli import main; main(['info', 'fixtalk-small', '--no-macs']); " \
+           "print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip().endswith("PASSIVE")
