@@ -77,8 +77,8 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch: int | None | bool =
     r = parser.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     r.add_argument("--dtype", default=dtype, choices=["auto", *DTYPE_NAMES],
-                   help=f"default {dtype}; auto: bf16 on GPUs and on CPUs with AMX, else fp32; reduced precision "
-                        "falls back to fp32 for any non-finite result")
+                   help=f"default {dtype}; auto: bf16 on GPUs and on CPUs with bf16 units, else fp32; reduced "
+                        "precision falls back to fp32 for any non-finite result")
     r.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads (default: the cores other processes leave idle, at least 1)")
     if compile:

@@ -56,15 +56,15 @@ def _float32(obj: Any) -> Any:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> str:
-    """`auto`: bf16 on a CUDA GPU that has it (fp16 on older ones); on a CPU, bf16 only with AMX tiles, where
-    oneDNN's bf16 convolutions are several times faster than fp32; fp32 elsewhere (with AVX512-BF16 alone the
-    grouped modulated convolutions measured slower in bf16: docs/performance.md)."""
+    """`auto`: bf16 on a CUDA GPU that has it (fp16 on older ones); on a CPU, bf16 where it has bf16 units (AMX
+    or AVX512-BF16: oneDNN's bf16 kernels beat fp32 there; docs/performance.md has the numbers), else fp32.
+    Renders in bf16 stay within 40 dB of fp32 (tests/test_options.py)."""
     if dtype != "auto":
         return dtype
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu":
-        return "bf16" if "amx_bf16" in cpu_description()[1] else "fp32"
+        return "bf16" if cpu_description()[1] else "fp32"
     return "fp32"
 
 

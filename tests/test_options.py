@@ -16,8 +16,8 @@ from fixtalk.options import RuntimeOptions, choose_threads
 @pytest.mark.parametrize("command", ["animate", "live", "serve", "eval", "bench"])
 def test_every_command_takes_the_runtime_flags(command: str) -> None:
     parser, _ = build_parser()
-    required = {"animate": ["--source", "s.png", "--output", "o.mp4"], "live": ["--source", "s.png", "--driving", "x.mp4"],
-                "eval": ["--videos", "v", "--out", "o.json"]}.get(command, [])
+    required = {"animate": ["--source", "s.png", "--output", "o.mp4"], "eval": ["--videos", "v", "--out", "o.json"],
+                "live": ["--source", "s.png", "--driving", "x.mp4"]}.get(command, [])
     args = parser.parse_args([command, *required, "--device", "cpu", "--dtype", "fp32", "--threads", "1"])
     opts = RuntimeOptions.from_args(args)
     assert (opts.device, opts.dtype, opts.threads) == ("cpu", "fp32", 1)
@@ -56,6 +56,8 @@ def test_dtype_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "cpu_description", lambda: ("Intel Xeon", ["amx_bf16", "avx512_bf16"]))
     assert runtime.resolve_dtype("auto", cpu) == "bf16"
     monkeypatch.setattr(runtime, "cpu_description", lambda: ("AMD EPYC", ["avx512_bf16"]))
+    assert runtime.resolve_dtype("auto", cpu) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_description", lambda: ("AMD EPYC 7B12", []))
     assert runtime.resolve_dtype("auto", cpu) == "fp32"
     assert runtime.resolve_dtype("bf16", cpu) == "bf16"  # asked for: taken as is
     assert runtime.Runtime("cpu", "auto").dtype is torch.float32
@@ -70,3 +72,25 @@ def test_cli_makes_openmp_threads_sleep_when_idle() -> None:
            "print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip().endswith("PASSIVE")
+
+
+def test_bf16_renders_what_fp32_renders() -> None:
+    """--dtype auto picks bf16 on CPUs with bf16 units: it must not cost quality (>= 40 dB to fp32)."""
+    from fixtalk.checkpoint import load_bundle
+    from fixtalk.metrics.image import psnr
+    from fixtalk.pipeline import SHIPPED, to_uint8
+
+    model = load_bundle(SHIPPED).model.eval()
+    g = torch.Generator().manual_seed(0)
+    # Smooth images (upsampled noise): the model's flows and masks react to them as to faces, not to static.
+    imgs = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8, generator=g) * 2 - 1, size=128, mode="bicubic")
+    src, drv = imgs[:1].clamp(-1, 1), imgs[1:].clamp(-1, 1)
+    frames = {}
+    for dtype in ("fp32", "bf16"):
+        rt = runtime.Runtime("cpu", dtype)
+        state = rt.run(model.prepare_source, src)
+        motion = rt.run(lambda: model.predict_motion(*[model.driving_features(drv)] * 3))
+        frames[dtype] = to_uint8(rt.run(model.render, state, motion))
+    same = min(psnr(a, b) for a, b in zip(frames["fp32"], frames["bf16"]))
+    other = psnr(frames["fp32"][0], frames["bf16"][1])  # negative control: different drivers differ
+    assert same >= 40.0 and other < same - 5
