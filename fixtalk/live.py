@@ -18,7 +18,7 @@ import numpy as np
 from fixtalk.checkpoint import EMOTIONS
 from fixtalk.errors import InputError
 from fixtalk.options import RuntimeOptions, add_runtime_args
-from fixtalk.pipeline_cli import add_strength_args, strengths
+from fixtalk.pipeline_cli import add_backend_args, add_strength_args, check_tune, strengths
 
 EPILOG = f"""
 factor sources: 'driver' (the --driving frames) | 'source' (hold the portrait's own) | 'audio' (mouth
@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     r.add_argument("--checkpoint", help="checkpoint directory (default: the model shipped in the package)")
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
+    add_backend_args(r)
     handlers["live"] = _live
 
 
@@ -124,6 +125,8 @@ def _live(args: argparse.Namespace) -> int:
     mouth = args.mouth or ("audio" if args.audio else "driver")
     if mouth == "audio" and not args.audio:
         raise InputError(None, "--mouth audio needs --audio FILE")
+    options = RuntimeOptions.from_args(args)  # bad runtime flags fail before any file is read
+    check_tune(args)
     camera = args.driving.isdigit() and not Path(args.driving).exists()
     wav = None
     if args.audio:
@@ -134,7 +137,7 @@ def _live(args: argparse.Namespace) -> int:
         frames, fps = _camera(int(args.driving), args.max_frames)
     else:
         frames, fps = _video(args.driving, args.max_frames, args.realtime), float(FPS)
-    rt = RuntimeOptions.from_args(args).runtime()
+    rt = options.runtime()
     print(f"fixtalk live: {rt.describe()}", flush=True)
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=1, progress=False, tune_steps=args.tune)
     src = pipe.prepare_source(args.source, face_index=args.face_index)

@@ -44,6 +44,8 @@ class RuntimeOptions:
     threads: int | None = None  # torch intra-op threads; None: choose_threads()
     compile: bool = False       # torch.compile the generator
     batch: int | None = None    # frames per generator call; None: the command's default
+    backend: str = "torch"      # torch, or onnx (fixtalk.onnx_backend: onnxruntime, CPU, fp32)
+    onnx: str | None = None     # graphs from `fixtalk export-onnx` for the onnx backend; None: exported and cached
 
     def __post_init__(self) -> None:
         from fixtalk.errors import InputError
@@ -52,14 +54,28 @@ class RuntimeOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(None, f"--{name} must be >= 1")
+        if self.backend not in ("torch", "onnx"):
+            raise InputError(None, f"--backend must be torch or onnx, got {self.backend!r}")
+        if self.backend == "torch" and self.onnx:
+            raise InputError(None, "--onnx DIR needs --backend onnx")
+        if self.backend == "onnx":
+            if self.device not in ("auto", "cpu"):
+                raise InputError(None, f"--backend onnx runs on the CPU; got --device {self.device}")
+            if self.dtype not in ("auto", "fp32") or self.compile:
+                raise InputError(None, "--backend onnx runs in fp32 without --compile (--dtype bf16/fp16 and "
+                                       "--compile are torch's)")
 
     def runtime(self) -> Runtime:
-        """Set torch's threads (process-wide, as torch does) and build the Runtime."""
+        """Set torch's threads (process-wide, as torch does; the onnx backend uses as many) and build the Runtime."""
         import torch
 
         from fixtalk.runtime import Runtime
 
         torch.set_num_threads(choose_threads(self.threads))
+        if self.backend == "onnx":
+            from fixtalk.onnx_backend import OnnxRuntime
+
+            return OnnxRuntime(self.onnx)
         return Runtime(self.device, self.dtype, self.compile)
 
     @classmethod

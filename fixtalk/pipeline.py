@@ -151,6 +151,9 @@ class Pipeline:
         self._detector = None
         if tune_steps < 0:
             raise InputError(None, f"--tune must be >= 0 steps, got {tune_steps}")
+        if tune_steps and not isinstance(self.model, FixTalk):
+            # Tuning trains torch weights; graphs exported from the untuned weights would ignore it.
+            raise InputError(None, "--tune needs the torch backend (--backend torch)")
         self.tune_steps = tune_steps
         self._tuned: dict[str, FixTalk] = {}  # sha1 of the aligned crop -> tuned generator (fixtalk.tune)
 

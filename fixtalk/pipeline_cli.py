@@ -36,6 +36,20 @@ def strengths(args: argparse.Namespace) -> tuple[float, float, float]:
     return args.mouth_strength, args.pose_strength, args.expression_strength
 
 
+def add_backend_args(r: argparse._ArgumentGroup) -> None:
+    """--backend / --onnx, shared by `animate` and `live` (fixtalk.options.RuntimeOptions reads them)."""
+    r.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="torch, or onnx: onnxruntime on the CPU in fp32 (graphs exported on first use and cached "
+                        "per checkpoint, or taken from --onnx)")
+    r.add_argument("--onnx", metavar="DIR", help="graphs from `fixtalk export-onnx` for --backend onnx")
+
+
+def check_tune(args: argparse.Namespace) -> None:
+    if args.tune and args.backend == "onnx":
+        # Tuning trains torch weights; graphs exported from the untuned weights would ignore it.
+        raise InputError(None, "--tune needs the torch backend (--backend torch)")
+
+
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argparse.Namespace], int]]) -> None:
     p = sub.add_parser("animate", help="animate a portrait", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +71,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     r.add_argument("--checkpoint", help="checkpoint directory (default: the model shipped in the package)")
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
+    add_backend_args(r)
     r.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
     handlers["animate"] = _animate
 
@@ -94,6 +109,7 @@ def _animate(args: argparse.Namespace) -> int:
     if not args.output.lower().endswith((".mp4", ".mov", ".mkv")):
         raise InputError(args.output, "output must be a video file (.mp4, .mov or .mkv)")
     options = RuntimeOptions.from_args(args)
+    check_tune(args)
     if args.max_frames is not None and args.max_frames < 1:
         raise InputError(None, "--max-frames must be >= 1")
     mouth = args.mouth or ("audio" if args.audio else args.driving) or "source"
