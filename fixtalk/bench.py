@@ -6,7 +6,8 @@ Random weights (speed does not depend on them). Three measurements in one run, s
 * model only, per frame: fixtalk's render path (source cached, one encoder pass per driver frame, banks
   cached, EEM's dead branch skipped, B frames per call) vs the reference loop of EDTalk's demo_EDTalk_V.py
   (per frame: encode the source and the three driver images, QR the banks, run EEM with its dead
-  branch, batch 1);
+  branch, batch 1); then the same cached path by backend: torch fp32, torch bf16 (autocast) and onnxruntime
+  fp32 on the CPU (`fixtalk.onnx_backend`, graphs exported for the run);
 * file to file: a real clip through the Pipeline (decode, face tracking, crop, animate, paste back, H.264)
   vs the reference demo's file loop (decode, resize to S, the reference model call, encode).
 """
@@ -117,19 +118,50 @@ def module_times(model: FixTalk, batch: int, rt: Runtime) -> dict[str, float]:
     return {k: 1000 * v / batch for k, v in res.items()}
 
 
-def model_only(model: FixTalk, batch: int, rt: Runtime) -> tuple[float, float]:
-    """(fixtalk ms/frame at batch B with the source cached, reference loop ms/frame)."""
+def cached_path_ms(model: FixTalk, batch: int, rt: Runtime) -> float:
+    """fixtalk ms/frame at batch B with the source cached: one encoder pass per driver frame, then render.
+    `model` is anything with FixTalk's inference methods (the ONNX backend's OnnxFixTalk too)."""
     s = model.cfg.size
-    x = torch.rand(batch, 3, s, s, device=rt.device) * 2 - 1
+    x = torch.rand(batch, 3, s, s, device=rt.device, generator=torch.Generator(rt.device).manual_seed(0)) * 2 - 1
     src = rt.run(model.prepare_source, x[:1])
 
     def ours() -> None:
         feat = rt.run(model.driving_features, x)
         rt.run(lambda: model.render(src, model.predict_motion(feat, feat, feat)))
 
-    one = x[:1]
+    return 1000 * timeit(ours, rt.device) / batch
+
+
+def model_only(model: FixTalk, batch: int, rt: Runtime) -> tuple[float, float]:
+    """(fixtalk ms/frame at batch B with the source cached, reference loop ms/frame)."""
+    one = torch.rand(1, 3, model.cfg.size, model.cfg.size, device=rt.device) * 2 - 1
     ref = timeit(lambda: rt.run(reference_frame, model, one, one, one, one), rt.device)
-    return 1000 * timeit(ours, rt.device) / batch, 1000 * ref
+    return cached_path_ms(model, batch, rt), 1000 * ref
+
+
+def backend_times(model: FixTalk, batch: int, rt: Runtime, done: float) -> dict[str, float | str]:
+    """Model-only ms/frame of torch fp32, torch bf16 and onnxruntime fp32 on the CPU, same model and inputs
+    (`done`: the cached-path time already measured with `rt`, reused for its own dtype)."""
+    from fixtalk.runtime import DTYPES
+
+    res: dict[str, float | str] = {}
+    for name in ("fp32", "bf16"):
+        res[f"torch {name}"] = done if rt.dtype is DTYPES[name] else \
+            cached_path_ms(model, batch, Runtime(str(rt.device), name))
+    if rt.device.type != "cpu":
+        res["onnx"] = "n/a (CPU backend)"
+        return res
+    try:
+        from fixtalk.onnx_backend import OnnxRuntime
+        from fixtalk.onnx_export import export_graphs
+    except ModuleNotFoundError as err:
+        res["onnx"] = f"n/a ({err.name} missing: pip install 'fixtalk[onnx]')"
+        return res
+    with tempfile.TemporaryDirectory() as tmp:
+        export_graphs(model, Path(tmp) / "graphs")
+        ort_rt = OnnxRuntime(Path(tmp) / "graphs")
+        res["onnx"] = cached_path_ms(ort_rt.prepare(model), batch, ort_rt)
+    return res
 
 
 def file_to_file(model: FixTalk, rt: Runtime, source: Path, clip: Path, frames: int, batch: int) -> tuple[float, float]:
@@ -197,6 +229,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {k:<16} {v:9.1f}")
     ours, ref = model_only(model, args.batch, rt)
     print(f"model only, ms/frame: fixtalk {ours:.1f} | reference loop {ref:.1f} | speed-up x{ref / ours:.2f}")
+    if not args.no_backends:
+        times = backend_times(model, args.batch, rt, ours)
+        print("model only by backend, ms/frame: " + " | ".join(
+            f"{k} {v:.1f} (x{ref / v:.2f})" if isinstance(v, float) else f"{k} {v}" for k, v in times.items()))
     if args.clip and args.source:
         fo, fr = file_to_file(model, rt, Path(args.source), Path(args.clip), args.frames, args.batch)
         print(f"file to file ({args.frames} frames), frames/s: pipeline {fo:.2f} | reference demo loop {fr:.2f} "
@@ -210,6 +246,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict) -> None:
     p.add_argument("--preset", default="fixtalk-256")
     p.add_argument("--size", type=int, help="override the preset's resolution")
     add_runtime_args(p, batch=8, dtype="fp32")
+    p.add_argument("--no-backends", action="store_true",
+                   help="skip the torch fp32 / torch bf16 / onnx model-only comparison")
     p.add_argument("--source", help="portrait for the file-to-file measurement")
     p.add_argument("--clip", help="driving clip for the file-to-file measurement")
     p.add_argument("--frames", type=int, default=24, help="frames of the clip to use")
