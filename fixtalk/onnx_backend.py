@@ -115,7 +115,8 @@ class OnnxFixTalk:
         self.fdm = model.fdm.cpu().eval()  # the factor heads on motion features (torch)
         self.graphs = graphs
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        self.threads = threads or torch.get_num_threads()
+        opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         # Spinning worker threads hold a core while they wait: on a machine busy with other work that costs
         # more than the wake-up latency it saves (the same reason as fixtalk's torch thread choice).
