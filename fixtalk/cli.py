@@ -64,7 +64,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
 
     p = sub.add_parser("info", help="parameter counts and GMAC per frame of a preset")
-    p.add_argument("preset", help="edtalk-256, edtalk-256-lip-pose, fixtalk-256, fixtalk-512, fixtalk-small")
+    p.add_argument("preset", help="edtalk-256, edtalk-256-lip-pose, fixtalk-256, fixtalk-512, fixtalk-small, "
+                                  "lia-256, fixtalk-lia, lia-small, fixtalk-lia-small")
     p.add_argument("--no-macs", action="store_true", help="skip the MAC count (faster)")
     handlers["info"] = _cmd_info
 

@@ -1,4 +1,5 @@
-"""The synthetic-weight rule of ../shared/fixtures/edtalk_parity (README, "The synthetic weights")."""
+"""The synthetic-weight rule of ../shared/fixtures/edtalk_parity (README, "The synthetic weights"), which
+../shared/fixtures/lia_parity uses too."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 def fixture_dir() -> Path:
     """FIXTALK_PARITY_FIXTURE, default ../shared/fixtures/edtalk_parity relative to the repo root."""
     return Path(os.environ.get("FIXTALK_PARITY_FIXTURE", REPO.parent / "shared" / "fixtures" / "edtalk_parity"))
+
+
+def lia_fixture_dir() -> Path:
+    """FIXTALK_LIA_FIXTURE, default ../shared/fixtures/lia_parity relative to the repo root."""
+    return Path(os.environ.get("FIXTALK_LIA_FIXTURE", REPO.parent / "shared" / "fixtures" / "lia_parity"))
 
 
 def plain_weight_keys(checkpoint: str) -> set[str]:
@@ -41,9 +47,9 @@ def synthetic_state_dict(reference_keys_shapes: dict[str, list[int]], trainable:
     return {k: synthetic_tensor(k, tuple(s), plain) for k, s in reference_keys_shapes.items() if k in trainable}
 
 
-def load_image(name: str) -> torch.Tensor:
-    """A fixture PNG as a 1x3xHxW tensor in [-1, 1] (x / 127.5 - 1)."""
+def load_image(name: str, directory: Path | None = None) -> torch.Tensor:
+    """A fixture PNG (of `directory`, default the EDTalk fixture) as a 1x3xHxW tensor in [-1, 1] (x / 127.5 - 1)."""
     from PIL import Image
 
-    arr = np.asarray(Image.open(fixture_dir() / name).convert("RGB"), dtype=np.float32)
+    arr = np.asarray(Image.open((directory or fixture_dir()) / name).convert("RGB"), dtype=np.float32)
     return torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1)[None].contiguous()
