@@ -198,6 +198,9 @@ def convert_edtalk(path: str | Path) -> tuple[str, torch.nn.Module]:
         module: torch.nn.Module = Audio2Lip()
         state, kind = obj["audio2lip"], "audio2lip"
     elif "gen" in obj:
+        if any(isinstance(k, str) and k.startswith("dec.direction.") for k in obj["gen"]):
+            raise InputError(p, "this is a LIA checkpoint (it has 'dec.direction.weight'): "
+                                "import it with `fixtalk convert-lia FILE.pt OUTDIR`")
         state = edtalk_to_fixtalk_keys(obj["gen"])
         kind = "edtalk-256" if any(k.startswith("fdm.exp_fc.") for k in state) else "edtalk-256-lip-pose"
         module = FixTalk(get_preset(kind))

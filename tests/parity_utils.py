@@ -24,6 +24,28 @@ def lia_fixture_dir() -> Path:
     return Path(os.environ.get("FIXTALK_LIA_FIXTURE", REPO.parent / "shared" / "fixtures" / "lia_parity"))
 
 
+def lia_layout() -> dict[str, list[int]]:
+    """Keys and shapes of the official LIA generator state dict ('gen' of vox.pt), from the LIA fixture."""
+    path = lia_fixture_dir() / "lia_state_dict_layout.json"
+    assert path.is_file(), f"LIA parity fixture missing: {path} (set FIXTALK_LIA_FIXTURE)"
+    return json.loads(path.read_text())["gen"]
+
+
+def lia_synthetic_state() -> dict[str, torch.Tensor]:
+    """The LIA fixture's 'gen' state dict in LIA's own key names: the README's rule for every trainable
+    tensor, the constructed FIR kernels ([1, 3, 3, 1] outer product / 64, x4 for upsampling) for the buffers."""
+    from fixtalk.checkpoint import fixtalk_to_lia_keys
+    from fixtalk.config import get_preset
+    from fixtalk.models.fixtalk import FixTalk
+
+    rules = json.loads((lia_fixture_dir() / "weight_rule_keys.json").read_text())
+    layout, buffers = lia_layout(), set(rules["buffer_keys"])
+    state = synthetic_state_dict(layout, set(layout) - buffers, set(rules["plain_weight_keys"]))
+    own = fixtalk_to_lia_keys(FixTalk(get_preset("lia-256")).state_dict())
+    assert {k for k in own if k.endswith("kernel")} == buffers  # our buffers are exactly the reference's
+    return {**{k: own[k] for k in buffers}, **state}
+
+
 def plain_weight_keys(checkpoint: str) -> set[str]:
     """checkpoint: 'EDTalk.pt:gen', 'EDTalk_lip_pose.pt:gen' or 'Audio2Lip.pt:audio2lip'."""
     data = json.loads((fixture_dir() / "weight_rule_keys.json").read_text())

@@ -19,12 +19,10 @@ the reference is 7e-7 and the latents match bit for bit. So each image value get
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from parity_utils import lia_fixture_dir, load_image, synthetic_state_dict
+from parity_utils import lia_fixture_dir, lia_layout, lia_synthetic_state, load_image
 
 from fixtalk.checkpoint import first_mismatch, fixtalk_to_lia_keys, lia_to_fixtalk_keys
 from fixtalk.config import get_preset
@@ -38,28 +36,11 @@ IMAGES = ("relative_output", "absolute_output")
 MAX_UNSTABLE = 20  # of 196,608 values per image (0.01 %)
 
 
-def official_layout() -> dict[str, list[int]]:
-    path = lia_fixture_dir() / "lia_state_dict_layout.json"
-    assert path.is_file(), f"LIA parity fixture missing: {path} (set FIXTALK_LIA_FIXTURE)"
-    return json.loads(path.read_text())["gen"]
-
-
-def synthetic_official_state() -> dict[str, torch.Tensor]:
-    """The fixture's 'gen' state dict in LIA's own key names: the README's rule for every trainable
-    tensor, the constructed FIR kernels for the buffers."""
-    rules = json.loads((lia_fixture_dir() / "weight_rule_keys.json").read_text())
-    layout, buffers = official_layout(), set(rules["buffer_keys"])
-    state = synthetic_state_dict(layout, set(layout) - buffers, set(rules["plain_weight_keys"]))
-    own = fixtalk_to_lia_keys(FixTalk(get_preset("lia-256")).state_dict())
-    assert {k for k in own if k.endswith("kernel")} == buffers  # our buffers are exactly the reference's
-    return {**{k: own[k] for k in buffers}, **state}
-
-
 def synthetic_model(dtype: torch.dtype = torch.float32) -> FixTalk:
     model = FixTalk(get_preset("lia-256"))
-    state = lia_to_fixtalk_keys(synthetic_official_state())
+    state = lia_to_fixtalk_keys(lia_synthetic_state())
     assert first_mismatch(model.state_dict(), state) is None
-    assert {k: list(v.shape) for k, v in fixtalk_to_lia_keys(model.state_dict()).items()} == official_layout()
+    assert {k: list(v.shape) for k, v in fixtalk_to_lia_keys(model.state_dict()).items()} == lia_layout()
     model.load_state_dict(state)
     return model.to(dtype).eval()
 
@@ -140,7 +121,7 @@ def model() -> FixTalk:
 def test_lia_256_layout_and_count() -> None:
     """lia-256 is the official layout: 185 tensors, 45,116,797 values (45,116,317 parameters)."""
     m = FixTalk(get_preset("lia-256"))
-    assert len(m.state_dict()) == len(official_layout()) == 185
+    assert len(m.state_dict()) == len(lia_layout()) == 185
     assert sum(v.numel() for v in m.state_dict().values()) == 45_116_797
     assert sum(p.numel() for p in m.parameters()) == 45_116_317
     text = report(get_preset("lia-256"), with_macs=False)  # what `fixtalk info lia-256` prints
