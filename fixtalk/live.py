@@ -17,7 +17,7 @@ import numpy as np
 
 from fixtalk.checkpoint import EMOTIONS
 from fixtalk.errors import InputError
-from fixtalk.pipeline_cli import add_strength_args, strengths
+from fixtalk.pipeline_cli import add_motion_mode_arg, add_strength_args, strengths
 
 EPILOG = f"""
 factor sources: 'driver' (the --driving frames) | 'source' (hold the portrait's own) | 'audio' (mouth
@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     r.add_argument("--compile", action="store_true", help="torch.compile the generator")
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
+    add_motion_mode_arg(r)
     handlers["live"] = _live
 
 
@@ -117,7 +118,7 @@ def summary(latencies: list[float], timings: dict[str, list[float]], wall: float
 
 
 def _live(args: argparse.Namespace) -> int:
-    from fixtalk.pipeline import FPS, Pipeline
+    from fixtalk.pipeline import FPS, Pipeline, check_one_motion
     from fixtalk.runtime import Runtime
     from fixtalk.stream import SAMPLES_PER_FRAME, Stream
 
@@ -138,7 +139,9 @@ def _live(args: argparse.Namespace) -> int:
     else:
         frames, fps = _video(args.driving, args.max_frames, args.realtime), float(FPS)
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=Runtime(args.device, args.dtype, args.compile),
-                                    batch_size=1, progress=False, tune_steps=args.tune)
+                                    batch_size=1, progress=False, tune_steps=args.tune,
+                                    motion_mode=args.motion_mode)
+    check_one_motion(pipe.cfg, mouth, args.pose, args.expression)  # before the face search
     src = pipe.prepare_source(args.source, face_index=args.face_index)
     stream = Stream(pipe, src, mouth=mouth, pose=args.pose, expression=args.expression,
                     strength=strengths(args),

@@ -14,8 +14,9 @@ factor sources: a video or image path | 'source' (hold the portrait's own) | 'au
 expression also takes an emotion ({', '.join(EMOTIONS)}) or an EDTalk .npy of 10 weights.
 Length: the audio's when audio drives the mouth, else the mouth driver's (then pose, expression).
 A driver shorter than the output plays forward, then backward (ping-pong). Drivers are read at 25 fps.
-Driver frames without a face hold the last face's motion. Bad input: one line on stderr, exit code 2,
-and no output file.
+Driver frames without a face hold the last face's motion. A LIA model (preset lia-256, fixtalk-lia) has one
+motion: drive it with one video (--driving); by default it moves relative to the driver's first frame
+(--motion-mode). Bad input: one line on stderr, exit code 2, and no output file.
 examples:
   fixtalk animate --source me.jpg --driving talk.mp4 --output out.mp4
   fixtalk animate --source me.jpg --audio speech.wav --expression happy --pose source --output out.mp4
@@ -33,6 +34,13 @@ def add_strength_args(p: argparse.ArgumentParser) -> None:
 
 def strengths(args: argparse.Namespace) -> tuple[float, float, float]:
     return args.mouth_strength, args.pose_strength, args.expression_strength
+
+
+def add_motion_mode_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--motion-mode`, shared by `animate`, `live` and `serve`."""
+    p.add_argument("--motion-mode", default="auto", choices=["auto", "relative", "absolute"],
+                   help="relative: the driver's motion since its first frame, on the portrait's own (LIA's demo); "
+                        "absolute: the driver's own (EDTalk's demo); auto (default): relative for LIA models")
 
 
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argparse.Namespace], int]]) -> None:
@@ -61,6 +69,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     r.add_argument("--batch", type=int, help="frames per batch (default: 8 on CUDA, 1 on CPU)")
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
+    add_motion_mode_arg(r)
     r.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
     handlers["animate"] = _animate
 
@@ -90,7 +99,7 @@ def check_audio(path: str) -> None:
 
 def _animate(args: argparse.Namespace) -> int:
     from fixtalk.io import load_image
-    from fixtalk.pipeline import Pipeline, check_factor
+    from fixtalk.pipeline import Pipeline, check_factor, check_one_motion, check_strength
     from fixtalk.runtime import Runtime
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="fixtalk: %(message)s")
@@ -103,16 +112,19 @@ def _animate(args: argparse.Namespace) -> int:
         raise InputError(None, "--max-frames must be >= 1")
     mouth = args.mouth or ("audio" if args.audio else args.driving) or "source"
     pose = args.pose or args.driving or "source"
-    expression = args.expression or args.driving or "source"
+    expression = args.expression or args.driving  # None: 'source' (or, for a LIA model, the one motion's driver)
     if mouth == "audio" and not args.audio:
         raise InputError(None, "--mouth audio needs --audio FILE")
-    for value, factor in ((mouth, "lip"), (pose, "pose"), (expression, "exp")):
+    for value, factor in ((mouth, "lip"), (pose, "pose"), (expression or "source", "exp")):
         check_factor(value, factor)
     if args.audio:
         check_audio(args.audio)
     image = load_image(args.source)
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=Runtime(args.device, args.dtype, args.compile),
-                                    batch_size=args.batch, progress=not args.quiet, tune_steps=args.tune)
+                                    batch_size=args.batch, progress=not args.quiet, tune_steps=args.tune,
+                                    motion_mode=args.motion_mode)
+    check_one_motion(pipe.cfg, mouth, pose, expression)  # before the face search: needs the model's kind only
+    check_strength(pipe.cfg, strengths(args))
     src = pipe.prepare_source(image, face_index=args.face_index, path=args.source)
     drive = pipe.drive(src, mouth=mouth, pose=pose, expression=expression, audio=args.audio,
                        side_by_side=args.side_by_side, max_frames=args.max_frames)
