@@ -4,6 +4,7 @@ rule in the Pipeline, and the LIA presets in training. Numeric parity is tests/t
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,58 @@ def test_convert_edtalk_points_lia_files_to_convert_lia(tmp_path: Path, official
         convert_edtalk(_official_file(tmp_path / "vox.pt", layout_only))
     with pytest.raises(InputError, match="file not found"):
         convert_lia(tmp_path / "missing.pt")
+
+
+# --- training ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_train import make_synthetic_data
+
+    return make_synthetic_data(tmp_path_factory.mktemp("lia_data"), [
+        ("p1_neutral", "p1", "neutral", False), ("p2_talk", "p2", "", True), ("p3_talk", "p3", "happy", True)])
+
+
+def _tiny_lia(tmp: Path, emi_edi: bool) -> Path:
+    """fixtalk-lia-small / lia-small shrunk to 64 px (the synthetic data's size)."""
+    from fixtalk.config import EDIConfig, EMIConfig
+
+    cfg = get_preset("fixtalk-lia-small" if emi_edi else "lia-small").replace(
+        name="tiny-lia", size=64, style_dim=64, max_channels=32, channel_base=1024,
+        emi=EMIConfig(layers=1, heads=2, queries=4, ffn_mult=1),
+        edi=EDIConfig(slots=32, decompress_channels=16, heads=2, ffn_mult=1))
+    path = tmp / f"tiny-lia-{int(emi_edi)}.json"
+    path.write_text(cfg.to_json())
+    return path
+
+
+def _train_opts(stage: str, data: Path, out: Path, preset: str, **kw: object):  # type: ignore[no-untyped-def]
+    from fixtalk.train.options import TrainOptions
+
+    base: dict = dict(stage=stage, data=str(data), out=str(out), preset=preset, max_steps=2, batch=2, workers=0,
+                      save_every=1, log_every=1, sample_every=2)
+    return TrainOptions(**{**base, **kw})
+
+
+def test_recon_then_fixtalk_stage_on_a_lia_model(train_data: Path, tmp_path: Path, one_thread) -> None:
+    """recon trains the plain LIA model; fixtalk starts from it with EMI and EDI added (the Fig. 8 setting)."""
+    from fixtalk.train.loop import train
+
+    lia, fixtalk_lia = _tiny_lia(tmp_path, False), _tiny_lia(tmp_path, True)
+    assert train(_train_opts("recon", train_data, tmp_path / "recon", str(lia))) == 0
+    recon = load_bundle(tmp_path / "recon" / "final")
+    assert not recon.model.cfg.decoupled and recon.model.emi is None and recon.audio2lip is None
+    init = str(tmp_path / "recon" / "final")
+    assert train(_train_opts("fixtalk", train_data, tmp_path / "fix", str(fixtalk_lia), init=init)) == 0
+    final = load_bundle(tmp_path / "fix" / "final")
+    assert final.model.emi is not None and final.model.edi is not None and not final.expression_presets
+    # Everything of the LIA model was carried over (enc, LMD, dec), EMI and EDI are new.
+    started = json.loads((tmp_path / "fix" / "config.json").read_text())["init"]["model"]
+    assert started.startswith(f"loaded {len(recon.model.state_dict())}/"), started
+
+
+@pytest.mark.parametrize("stage", ["mouth-pose", "expression", "audio2lip"])
+def test_fdm_stages_refuse_lia_models(stage: str, train_data: Path, tmp_path: Path) -> None:
+    from fixtalk.train.loop import train
+
+    with pytest.raises(InputError, match=f"stage {stage} needs EDTalk's FDM"):
+        train(_train_opts(stage, train_data, tmp_path / "run", str(_tiny_lia(tmp_path, False))))
