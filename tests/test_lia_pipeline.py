@@ -130,3 +130,51 @@ def test_web_choices_offer_one_video_for_all_three(data: dict[str, Path], pipe: 
 
     choices = WebApp(pipe, Limits()).choices()
     assert choices == {"mouth": [VIDEO, VIDEO2], "pose": [VIDEO, VIDEO2], "expression": [VIDEO, VIDEO2]}
+
+
+# --- eval rows ---------------------------------------------------------------------------------------------
+def test_eval_row_renders_the_clips_first_frame_as_the_portrait(data: dict[str, Path], pipe: Pipeline,
+                                                                 src: PreparedSource) -> None:
+    """Relative driving in eval: the driving clip's first frame (the start) shows the portrait as it is."""
+    from fixtalk.eval.methods import CheckpointRow, RowSpec
+    from fixtalk.pipeline import Drive, FactorTrack
+
+    row = CheckpointRow(RowSpec("lia", str(data["ckpt"])), device="cpu", batch=1)
+    assert row.relative and row.describe()["motion_mode"] == "relative" and "one motion" in row.audio_note
+    with open_frames(data["other"]) as reader:
+        crops = np.stack([pipe.prepare_source(f).crop for _, f in zip(range(3), reader)])
+    motion = row.motion(crops)
+    first = type(motion)(motion.lip[:1], motion.pose[:1])
+    got = row.render({128: src.crop}, first, 1, 128)[0]
+    own = row.pipe.prepare_crop(src.crop).state.motion
+    want = next(iter(row.pipe.frames(row.pipe.prepare_crop(src.crop),
+                                     Drive(FactorTrack(own.lip, "own"), FactorTrack(own.pose, "own"), None, 1),
+                                     paste_back=False)))
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_eval_with_a_lia_row(data: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    from fixtalk.audio import load_audio
+
+    (tmp_path / "videos").mkdir()
+    speech = load_audio(FACES / SPEECH)[:3 * 640 + 100]
+    for name, audio in (("M030_front_angry_level3_001", None), ("W009_front_happy_level3_001", speech)):
+        with open_frames(FACES / f"videos/dreamtalk__{name}.mp4") as reader, \
+                VideoWriter(tmp_path / "videos" / f"{name}.mp4", 25,
+                            **({} if audio is None else {"audio": audio, "sample_rate": 16000})) as writer:
+            for _, frame in zip(range(3), reader):
+                writer.write(frame)
+    out = tmp_path / "r.json"
+    assert main(["eval", "--checkpoint", f"lia={data['ckpt']}", "--videos", str(tmp_path / "videos"), "--out",
+                 str(out), "--markdown", str(tmp_path / "r.md"), "--cross-pairs", "1", "--device", "cpu",
+                 "--threads", "1"]) == 0
+    res = json.loads(out.read_text())
+    row = next(r for r in res["rows"] if r["name"] == "lia")
+    assert row["preset"] == "lia-small" and row["motion_net"] == "lia" and row["motion_mode"] == "relative"
+    assert res["results"]["self_driven"]["lia"]["psnr"]["n"] == 4
+    assert "LIA model has one motion" in res["results"]["audio_driven"]["lia"]["psnr"]["reason"]
+    assert res["results"]["cross_identity"]["lia"]["csim_source"]["n"] >= 1 or \
+        res["results"]["cross_identity"]["lia"]["csim_source"]["reason"]
+    assert "lia = lia-small (EMI off, EDI off, relative motion)" in (tmp_path / "r.md").read_text()
