@@ -42,11 +42,10 @@ class Motion:
         """LIA's relative motion: alpha - alpha_start + alpha_source per factor. Since m = Q alpha is linear,
         Q of this equals the demo's D(alpha_drive) - D(alpha_start) + D(alpha_source): the driver's motion
         since its first frame, applied on top of the source's own pose and expression."""
-        def rel(a: torch.Tensor | None, b: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor | None:
-            return None if a is None or b is None or c is None else a - b + c
-        lip, pose = rel(self.lip, start.lip, source.lip), rel(self.pose, start.pose, source.pose)
-        assert lip is not None and pose is not None
-        return Motion(lip, pose, rel(self.exp, start.exp, source.exp))
+        exp = None
+        if self.exp is not None and start.exp is not None and source.exp is not None:
+            exp = self.exp - start.exp + source.exp
+        return Motion(self.lip - start.lip + source.lip, self.pose - start.pose + source.pose, exp)
 
 
 class Bank(nn.Module):
