@@ -176,7 +176,8 @@ class Pipeline:
         self.model = self.runtime.prepare(bundle.model)
         self.audio2lip = None if bundle.audio2lip is None else self.runtime.prepare(bundle.audio2lip)
         self.cfg = bundle.model.cfg
-        # LIA's demo drives relatively (its model was trained that way to keep the source's shape and pose).
+        # LIA's demo drives relatively: the portrait keeps its own pose and face shape, and only the driver's
+        # change since its first frame is applied (a still image as driver then holds the portrait).
         self.relative = motion_mode == "relative" or (motion_mode == "auto" and not self.cfg.decoupled)
         # Per-sample modulated convs gain nothing from batching on a CPU (measured: batch 1 is fastest).
         self.batch_size = batch_size or (8 if self.runtime.device.type == "cuda" else 1)
