@@ -1,4 +1,4 @@
-"""`fixtalk bench`: where the time goes, and the speed-up over the EDTalk demo's per-frame loop.
+"""`fixtalk bench`: where the time goes, and the speed-up over the EDTalk (or LIA) demo's per-frame loop.
 
 Random weights (speed does not depend on them). Three measurements in one run, same model and inputs:
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from fixtalk.config import get_preset
 from fixtalk.models.fixtalk import FixTalk, motion_delta
+from fixtalk.models.lmd import LMD
 from fixtalk.options import RuntimeOptions, add_runtime_args
 from fixtalk.runtime import Runtime
 
@@ -54,10 +55,17 @@ def timeit(fn: Callable[[], object], device: torch.device, iters: int = 3, warmu
 @torch.inference_mode()
 def reference_frame(model: FixTalk, source: torch.Tensor, lip: torch.Tensor, pose: torch.Tensor,
                     exp: torch.Tensor) -> torch.Tensor:
-    """One frame the way EDTalk's demo computes it (Generator.forward per frame, batch 1)."""
+    """One frame the way EDTalk's demo computes it (Generator.forward per frame, batch 1); for a LIA model
+    (one motion, `lip` drives it) the way LIA's run_demo.py does without h_start (its absolute mode)."""
     wa, feats = model.enc(source)
-    lat = {k: model.enc(x)[0] for k, x in (("lip", lip), ("pose", pose), ("exp", exp))}
     fdm = model.fdm
+    if isinstance(fdm, LMD):
+        alpha = fdm.fc(model.enc(lip)[0])
+        q, _ = torch.linalg.qr(fdm.direction.weight + 1e-8)  # recomputed every frame in the reference
+        latent = wa + torch.sum(torch.diag_embed(alpha) @ q.T, dim=1)
+        # The pixel path (rgb_warp, not in the reference code) gets the source's magnitudes, recomputed per frame.
+        return _reference_decoder(model, latent, feats, None, source, alpha - fdm.fc(wa))
+    lat = {k: model.enc(x)[0] for k, x in (("lip", lip), ("pose", pose), ("exp", exp))}
     alpha = [fdm.lip_fc(fdm.fc(lat["lip"])), fdm.pose_fc(fdm.fc(lat["pose"]))]
     w = fdm.direction_lipnonlip.weight
     if fdm.exp_dim:
@@ -68,8 +76,17 @@ def reference_frame(model: FixTalk, source: torch.Tensor, lip: torch.Tensor, pos
     m = torch.sum(torch.diag_embed(a) @ q.T, dim=1)
     e = torch.sum(torch.diag_embed(a[:, fdm.lip_dim + fdm.pose_dim:]) @ q[:, fdm.lip_dim + fdm.pose_dim:].T, 1) \
         if fdm.exp_dim else None
+    # The pixel path (rgb_warp, not in the reference code) costs the same in both loops: the source's own bank
+    # weights are recomputed per frame here, as everything else is.
+    heads = [fdm.lip_fc, fdm.pose_fc] + ([fdm.exp_fc] if fdm.exp_dim else [])
+    delta = a - torch.cat([h(fdm.fc(wa)) for h in heads], -1)
+    return _reference_decoder(model, wa + m, feats, e, source, delta)
+
+
+def _reference_decoder(model: FixTalk, latent: torch.Tensor, feats: list[torch.Tensor], e: torch.Tensor | None,
+                       source: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """G as the reference runs it: EEM with its dead branch, then the pixel path when the model has one."""
     dec = model.dec
-    latent = wa + m
     x = dec.conv1(dec.input(1), latent)
     rgb = raw = x_half = None
     for k, feat in enumerate(feats):
@@ -83,10 +100,6 @@ def reference_frame(model: FixTalk, source: torch.Tensor, lip: torch.Tensor, pos
         x_half = x if k == len(feats) - 2 else x_half
     if dec.pixel_warp is None:
         return rgb
-    # The pixel path (rgb_warp, not in the reference code) costs the same in both loops: the source's own bank
-    # weights are recomputed per frame here, as everything else is.
-    heads = [fdm.lip_fc, fdm.pose_fc] + ([fdm.exp_fc] if fdm.exp_dim else [])
-    delta = a - torch.cat([h(fdm.fc(wa)) for h in heads], -1)
     f4 = feats[[f.shape[-1] for f in feats].index(32)]
     return dec.pixel_warp(x_half, latent, source, rgb, f4, delta)[0]
 
@@ -242,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, handlers: dict) -> None:
-    p = sub.add_parser("bench", help="per-module timings and speed-up over the EDTalk demo loop")
+    p = sub.add_parser("bench", help="per-module timings and speed-up over the EDTalk (or LIA) demo loop")
     p.add_argument("--preset", default="fixtalk-256")
     p.add_argument("--size", type=int, help="override the preset's resolution")
     add_runtime_args(p, batch=8, dtype="fp32")

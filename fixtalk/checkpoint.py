@@ -1,4 +1,4 @@
-"""Checkpoints: safetensors weights + config.json, and the import of official EDTalk .pt files.
+"""Checkpoints: safetensors weights + config.json, and the import of official EDTalk and LIA .pt files.
 
 A fixtalk checkpoint is a directory:
 
@@ -35,6 +35,8 @@ FORMAT = "fixtalk/1"
 EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
 # Official EDTalk keys that live in our FDM submodule; encoder/decoder keys are identical.
 _FDM_PREFIXES = ("fc.", "lip_fc.", "pose_fc.", "exp_fc.", "direction_lipnonlip.", "direction_exp.")
+# Official LIA keys of its motion network (encoder MLP, decoder directions) -> our `fdm` (models/lmd.py).
+_LIA_RENAMES = (("enc.fc.", "fdm.fc."), ("dec.direction.", "fdm.direction."))
 
 
 @dataclass
@@ -106,7 +108,8 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
     if not cfg_path.is_file():
         if root.suffix in (".pt", ".pth", ".ckpt"):
             raise InputError(root, "legacy .pt checkpoint: import it first with "
-                                   "`fixtalk convert-edtalk FILE.pt OUTDIR`")
+                                   "`fixtalk convert-edtalk FILE.pt OUTDIR` (EDTalk) or "
+                                   "`fixtalk convert-lia FILE.pt OUTDIR` (LIA)")
         raise InputError(root, "not a fixtalk checkpoint (no config.json); "
                                "make one with `fixtalk convert-edtalk` or `fixtalk train`")
     try:
@@ -195,6 +198,9 @@ def convert_edtalk(path: str | Path) -> tuple[str, torch.nn.Module]:
         module: torch.nn.Module = Audio2Lip()
         state, kind = obj["audio2lip"], "audio2lip"
     elif "gen" in obj:
+        if any(isinstance(k, str) and k.startswith("dec.direction.") for k in obj["gen"]):
+            raise InputError(p, "this is a LIA checkpoint (it has 'dec.direction.weight'): "
+                                "import it with `fixtalk convert-lia FILE.pt OUTDIR`")
         state = edtalk_to_fixtalk_keys(obj["gen"])
         kind = "edtalk-256" if any(k.startswith("fdm.exp_fc.") for k in state) else "edtalk-256-lip-pose"
         module = FixTalk(get_preset(kind))
@@ -207,6 +213,43 @@ def convert_edtalk(path: str | Path) -> tuple[str, torch.nn.Module]:
         raise InputError(p, f"not an official {kind} layout: {first}")
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return kind, module.eval()
+
+
+def lia_to_fixtalk_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official LIA generator keys -> fixtalk keys (only the motion network moves)."""
+    return {_rename(k, _LIA_RENAMES): v for k, v in state.items()}
+
+
+def fixtalk_to_lia_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {_rename(k, tuple((b, a) for a, b in _LIA_RENAMES)): v for k, v in state.items()}
+
+
+def _rename(key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    for old, new in renames:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def convert_lia(path: str | Path, preset: str = "lia-256") -> FixTalk:
+    """Import an official LIA generator (vox.pt, taichi.pt, ted.pt: dict key 'gen') as a `lia-256` model.
+
+    The layout is checked in LIA's own key names, so a refusal names the first bad key as the file spells it.
+    """
+    p = Path(path)
+    obj = read_legacy_pt(p)
+    if "gen" not in obj:
+        raise InputError(p, f"no 'gen' entry: not a LIA checkpoint (keys: {sorted(obj)[:5]})")
+    state = obj["gen"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(p, "'gen' is not a state dict of tensors")
+    model = FixTalk(get_preset(preset))
+    first = first_mismatch(fixtalk_to_lia_keys(model.state_dict()), state)
+    if first:
+        raise InputError(p, f"not an official LIA ({preset}) layout: {first}")
+    state = lia_to_fixtalk_keys(state)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.eval()
 
 
 def load_expression_npy(path: str | Path, dim: int = 10) -> np.ndarray:

@@ -59,13 +59,28 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_lia(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fixtalk.checkpoint import Bundle, convert_lia, save_bundle
+
+    out = Path(args.outdir)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a directory")
+    model = convert_lia(args.file)
+    save_bundle(Bundle(model), out)  # a LIA model has no Audio2Lip or expression presets to keep
+    print(f"imported {args.file} as {model.cfg.name} -> {out}")
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
     parser = argparse.ArgumentParser(prog="fixtalk", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
 
     p = sub.add_parser("info", help="parameter counts and GMAC per frame of a preset")
-    p.add_argument("preset", help="edtalk-256, edtalk-256-lip-pose, fixtalk-256, fixtalk-512, fixtalk-small")
+    p.add_argument("preset", help="edtalk-256, edtalk-256-lip-pose, fixtalk-256, fixtalk-512, fixtalk-small, "
+                                  "lia-256, fixtalk-lia, lia-small, fixtalk-lia-small")
     p.add_argument("--no-macs", action="store_true", help="skip the MAC count (faster)")
     handlers["info"] = _cmd_info
 
@@ -75,6 +90,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     p.add_argument("--expressions", metavar="DIR",
                    help="folder with EDTalk's predefined_exp_weights/*.npy to store as presets")
     handlers["convert-edtalk"] = _cmd_convert
+
+    p = sub.add_parser("convert-lia", help="import an official LIA generator (vox.pt / taichi.pt / ted.pt)")
+    p.add_argument("file", help="official LIA checkpoint (.pt, dict key 'gen')")
+    p.add_argument("outdir", help="fixtalk checkpoint directory to write (preset lia-256)")
+    handlers["convert-lia"] = _cmd_convert_lia
 
     for register in _extensions():
         register(sub, handlers)

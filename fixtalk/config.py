@@ -8,6 +8,10 @@ the only thing needed to rebuild the network (conventions.md, item 2). Presets:
 * `fixtalk-256`         EDTalk-256 + EMI + EDI.
 * `fixtalk-512`         the paper's setting: 512x512 input, f_4 = 512x32x32 (FixTalk Sec. 5, "512x512").
 * `fixtalk-small`       a narrow FixTalk that trains on a 2-core CPU at 128/256 px (< 50 MB of fp16 weights).
+* `lia-256`             the official LIA layout (vox.pt, taichi.pt, ted.pt): one 20-direction motion, no FDM
+                        split, no EEM (FixTalk Sec. 5, "Generalizability": the second baseline).
+* `fixtalk-lia`         LIA-256 + EMI + EDI.
+* `lia-small`, `fixtalk-lia-small`  LIA without / with EMI and EDI at fixtalk-small's CPU sizes.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ class ModelConfig:
     lip_dim: int = 20
     pose_dim: int = 6
     exp_dim: int = 10               # 0 = lip/pose-only model (no expression head, bank or EEM)
+    # "fdm": EDTalk's Face Decoupling Module (lip/pose/expression banks). "lia": LIA's Linear Motion Decomposition,
+    # one undecoupled motion over `lip_dim` directions (pose_dim = exp_dim = 0; Motion.lip holds its magnitudes).
+    motion_net: str = "fdm"
     eem_hidden: int = 128           # ADAIN MLP width inside EEM
     use_emi: bool = False
     use_edi: bool = False
@@ -72,6 +79,11 @@ class ModelConfig:
             raise ValueError(f"style_dim {self.style_dim} < {self.motion_dim} bases: the banks cannot be orthonormal")
         if self.channel(32) <= 0:
             raise ValueError("channel table gives no channels at 32x32")
+        if self.motion_net not in ("fdm", "lia"):
+            raise ValueError(f"motion_net must be 'fdm' or 'lia', got {self.motion_net!r}")
+        if self.motion_net == "lia" and (self.pose_dim or self.exp_dim):
+            raise ValueError("a LIA motion (motion_net='lia') has one bank of lip_dim directions: "
+                             "set pose_dim=0 and exp_dim=0")
 
     # --- derived quantities -----------------------------------------------------------------------
     def channel(self, res: int) -> int:
@@ -99,6 +111,11 @@ class ModelConfig:
     @property
     def has_expression(self) -> bool:
         return self.exp_dim > 0
+
+    @property
+    def decoupled(self) -> bool:
+        """Mouth, pose and expression are separate motions (EDTalk's FDM); False for LIA's one motion."""
+        return self.motion_net == "fdm"
 
     # --- (de)serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +161,16 @@ PRESETS: dict[str, ModelConfig] = {
         edi=EDIConfig(slots=256, decompress_channels=64, heads=4, ffn_mult=2),
     ),
 }
+
+# LIA (wyhsirius/LIA, ICLR 2022): EDTalk's encoder and decoder without EEM, and one 20-direction motion.
+_LIA = {"motion_net": "lia", "lip_dim": 20, "pose_dim": 0, "exp_dim": 0}
+_SMALL = PRESETS["fixtalk-small"]
+PRESETS.update({
+    "lia-256": ModelConfig(name="lia-256", **_LIA),
+    "fixtalk-lia": ModelConfig(name="fixtalk-lia", use_emi=True, use_edi=True, **_LIA),
+    "lia-small": _SMALL.replace(name="lia-small", use_emi=False, use_edi=False, **_LIA),
+    "fixtalk-lia-small": _SMALL.replace(name="fixtalk-lia-small", **_LIA),
+})
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -2,9 +2,9 @@
 
 Counts are state-dict values (parameters plus the FIR-kernel and BatchNorm buffers), which is how the
 official layouts count: 64,228,877 for EDTalk.pt, 46,173,571 for EDTalk_lip_pose.pt, 2,827,361 for
-Audio2Lip.pt. MACs come from torch's FlopCounterMode (convolutions, matmuls and attention; grid_sample
-and normalisations are not counted) for one video-driven frame with the source encoding cached: one
-encoder pass on the driver, EMI, FDM, EDI recall and G.
+Audio2Lip.pt, 45,116,797 for LIA's vox.pt (`lia-256`). MACs come from torch's FlopCounterMode
+(convolutions, matmuls and attention; grid_sample and normalisations are not counted) for one video-driven
+frame with the source encoding cached: one encoder pass on the driver, EMI, FDM (or LMD), EDI recall and G.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def count_values(module: nn.Module) -> int:
 
 
 def module_counts(model: FixTalk) -> dict[str, int]:
-    names = {"enc": "encoder E", "fdm": "FDM", "dec": "generator G (decoder)", "emi": "EMI", "edi": "EDI"}
+    motion = "FDM" if model.cfg.decoupled else "LMD (LIA motion)"
+    names = {"enc": "encoder E", "fdm": motion, "dec": "generator G (decoder)", "emi": "EMI", "edi": "EDI"}
     out = {}
     for attr, label in names.items():
         if getattr(model, attr) is not None:
@@ -59,7 +60,8 @@ def macs_per_frame(model: FixTalk) -> dict[str, float]:
 
 def report(cfg: ModelConfig, with_macs: bool = True) -> str:
     model = FixTalk(cfg)
-    lines = [f"preset {cfg.name}: size {cfg.size}, style_dim {cfg.style_dim}, "
+    motion = "FDM (lip/pose/exp)" if cfg.decoupled else f"LIA ({cfg.lip_dim} directions, one motion)"
+    lines = [f"preset {cfg.name}: size {cfg.size}, style_dim {cfg.style_dim}, motion {motion}, "
              f"EMI {'on' if cfg.use_emi else 'off'}, EDI {'on' if cfg.use_edi else 'off'}",
              "parameters (state-dict values, incl. FIR/BatchNorm buffers):"]
     for name, n in module_counts(model).items():
@@ -67,9 +69,11 @@ def report(cfg: ModelConfig, with_macs: bool = True) -> str:
     total = count_values(model)
     trainable = sum(p.numel() for p in model.parameters())
     lines.append(f"  {'generator total':<28} {total:>14,}   ({trainable:,} trainable)")
-    a2l = Audio2Lip(cfg.lip_dim)
-    lines.append(f"  {'Audio2Lip':<28} {count_values(a2l):>14,}")
-    lines.append(f"  fp16 weight file ~ {2 * (total + count_values(a2l)) / 2**20:,.1f} MiB")
+    extra = 0
+    if cfg.decoupled:  # Audio2Lip predicts FDM mouth weights; a LIA motion has none
+        extra = count_values(Audio2Lip(cfg.lip_dim))
+        lines.append(f"  {'Audio2Lip':<28} {extra:>14,}")
+    lines.append(f"  fp16 weight file ~ {2 * (total + extra) / 2**20:,.1f} MiB")
     if with_macs:
         lines.append("GMAC per frame (batch 1, video-driven, FlopCounterMode estimate):")
         for name, g in macs_per_frame(model).items():

@@ -18,7 +18,7 @@ import numpy as np
 from fixtalk.checkpoint import EMOTIONS
 from fixtalk.errors import InputError
 from fixtalk.options import RuntimeOptions, add_runtime_args
-from fixtalk.pipeline_cli import add_backend_args, add_strength_args, check_tune, strengths
+from fixtalk.pipeline_cli import add_backend_args, add_motion_mode_arg, add_strength_args, check_tune, strengths
 
 EPILOG = f"""
 factor sources: 'driver' (the --driving frames) | 'source' (hold the portrait's own) | 'audio' (mouth
@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
     add_backend_args(r)
+    add_motion_mode_arg(r)
     handlers["live"] = _live
 
 
@@ -116,7 +117,7 @@ def summary(latencies: list[float], timings: dict[str, list[float]], wall: float
 
 
 def _live(args: argparse.Namespace) -> int:
-    from fixtalk.pipeline import FPS, Pipeline
+    from fixtalk.pipeline import FPS, Pipeline, check_one_motion
     from fixtalk.stream import SAMPLES_PER_FRAME, Stream
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="fixtalk: %(message)s")
@@ -139,7 +140,9 @@ def _live(args: argparse.Namespace) -> int:
         frames, fps = _video(args.driving, args.max_frames, args.realtime), float(FPS)
     rt = options.runtime()
     print(f"fixtalk live: {rt.describe()}", flush=True)
-    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=1, progress=False, tune_steps=args.tune)
+    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=1, progress=False, tune_steps=args.tune,
+                                    motion_mode=args.motion_mode)
+    check_one_motion(pipe.cfg, mouth, args.pose, args.expression)  # before the face search
     src = pipe.prepare_source(args.source, face_index=args.face_index)
     stream = Stream(pipe, src, mouth=mouth, pose=args.pose, expression=args.expression,
                     strength=strengths(args),

@@ -10,6 +10,11 @@ a video or image path, "source" (hold the source's own), "audio" (mouth only, Au
 emotion or an EDTalk .npy of 10 weights (expression only). Drivers are read at 25 fps; a driver shorter
 than the output plays forward then backward (ping-pong). Models stay pure; this module owns I/O.
 
+Motion modes: "absolute" drives with the driver's own bank weights (EDTalk's demo); "relative" with the
+driver's motion since its first frame, on top of the source's own: alpha_t - alpha_0 + alpha_source (LIA's
+demo, `Motion.relative`). "auto" (the default) is relative for LIA models and absolute otherwise. A LIA
+model has one motion (no FDM split), so its mouth, pose and expression must come from the same driver.
+
 Memory does not grow with the video: driver frames are decoded, tracked and encoded batch by batch and
 only their motion features (style_dim floats a frame) are kept; output frames go to the encoder as they
 are drawn; side-by-side thumbnails are kept JPEG-compressed (a few KB a frame).
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 
 from fixtalk.checkpoint import EMOTIONS, Bundle, load_bundle, load_expression_npy
+from fixtalk.config import ModelConfig
 from fixtalk.errors import InputError
 from fixtalk.models.fdm import Motion
 from fixtalk.models.fixtalk import FixTalk, SourceState
@@ -38,6 +44,7 @@ SHIPPED = Path(__file__).resolve().parent / "assets" / "model"
 # with less contrast than this (std of the 0..255 levels: a black, grey or faded-out frame) holds no face.
 FLAT_CROP_STD = 2.0
 _NAMES = {"lip": "mouth", "pose": "pose", "exp": "expression"}
+MOTION_MODES = ("auto", "relative", "absolute")
 
 
 @dataclass
@@ -137,14 +144,41 @@ def check_factor(spec: str, factor: str) -> None:
     raise InputError(spec, f"file not found (the {name} takes a video or image path, 'source'{extra})")
 
 
+def check_one_motion(cfg: ModelConfig, mouth: str, pose: str, expression: str | None) -> None:
+    """A LIA model has one motion: mouth, pose and expression from one driver (expression None follows it)."""
+    if cfg.decoupled:
+        return
+    if mouth == "audio":
+        raise InputError(None, "a LIA model has one motion and no Audio2Lip, so audio cannot drive it; "
+                               "drive it with one video (--driving)")
+    given = {"mouth": mouth, "pose": pose, **({"expression": expression} if expression is not None else {})}
+    same = {str(Path(v).resolve()) if Path(v).exists() else v for v in given.values()}
+    if len(same) > 1:
+        named = ", ".join(f"{k} {v!r}" for k, v in given.items())
+        raise InputError(None, f"a LIA model has one motion, so mouth, pose and expression cannot come from "
+                               f"different sources ({named}); drive it with one video (--driving)")
+
+
+def check_strength(cfg: ModelConfig, strength: Sequence[float]) -> None:
+    """A LIA model's one motion is scaled by the mouth strength; other strengths would be silently ignored."""
+    if not cfg.decoupled and tuple(strength[1:]) != (1, 1):
+        raise InputError(None, "a LIA model has one motion: scale it with the mouth strength "
+                               "(--mouth-strength); the pose and expression strengths must stay 1")
+
+
 class Pipeline:
     def __init__(self, bundle: Bundle, runtime: Runtime | None = None, batch_size: int | None = None,
-                 progress: bool = True, tune_steps: int = 0) -> None:
+                 progress: bool = True, tune_steps: int = 0, motion_mode: str = "auto") -> None:
+        if motion_mode not in MOTION_MODES:
+            raise InputError(None, f"motion mode {motion_mode!r}: expected one of {', '.join(MOTION_MODES)}")
         self.bundle = bundle
         self.runtime = runtime or Runtime()
         self.model = self.runtime.prepare(bundle.model)
         self.audio2lip = None if bundle.audio2lip is None else self.runtime.prepare(bundle.audio2lip)
         self.cfg = bundle.model.cfg
+        # LIA's demo drives relatively: the portrait keeps its own pose and face shape, and only the driver's
+        # change since its first frame is applied (a still image as driver then holds the portrait).
+        self.relative = motion_mode == "relative" or (motion_mode == "auto" and not self.cfg.decoupled)
         # Per-sample modulated convs gain nothing from batching on a CPU (measured: batch 1 is fastest).
         self.batch_size = batch_size or (8 if self.runtime.device.type == "cuda" else 1)
         self.progress = progress
@@ -313,24 +347,27 @@ class Pipeline:
         if key not in cache:
             cache[key] = self.video_features(p, max_frames=max_frames, thumbs=side_by_side)
         feats, thumbs = cache[key]
-        head = getattr(self.model.fdm, f"{factor}_fc")  # FDM.lip_fc / .pose_fc / .exp_fc
         with torch.no_grad():
-            w = torch.cat([head(self.model.fdm.fc(f.to(self.runtime.device))).float().cpu()
+            w = torch.cat([self.model.fdm.head(factor, f.to(self.runtime.device)).float().cpu()
                            for f in feats.split(256)])
+        if self.relative:  # the driver's motion since its first frame, on the source's own (Motion.relative)
+            w = w - w[:1] + own
         return FactorTrack(w, p.name, thumbs)
 
     def drive(self, src: PreparedSource, mouth: str = "source", pose: str = "source",
-              expression: str | None = "source", audio: str | Path | None = None,
+              expression: str | None = None, audio: str | Path | None = None,
               side_by_side: bool = False, max_frames: int | None = None) -> Drive:
         """Resolve the three factor sources; length = the audio's when audio drives the mouth, else the
         mouth driver's, else the first video among pose/expression (1 when only stills drive), at most
-        `max_frames` (drivers are then read only that far)."""
-        if not self.cfg.has_expression and expression not in (None, "source"):
+        `max_frames` (drivers are then read only that far). expression None: 'source', or for a LIA model
+        (one motion) whatever drives the mouth and pose."""
+        if self.cfg.decoupled and not self.cfg.has_expression and expression not in (None, "source"):
             raise InputError(self.bundle.path, "this checkpoint has no expression module (lip/pose model)")
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
         for spec, factor in ((mouth, "lip"), (pose, "pose"), (expression or "source", "exp")):
             check_factor(spec, factor)  # every spec before any decoding
+        check_one_motion(self.cfg, mouth, pose, expression)
         cache: dict = {}
         lip = self._factor(mouth, "lip", src, cache, side_by_side, audio, max_frames)
         pos = self._factor(pose, "pose", src, cache, side_by_side, audio, max_frames)
@@ -356,6 +393,7 @@ class Pipeline:
     def motions(self, src: PreparedSource, drive: Drive, strength: tuple[float, float, float] = (1, 1, 1)
                 ) -> Iterator[tuple[int, Motion]]:
         """Batches of bank weights; strength s mixes around the source: own + s * (driver - own)."""
+        check_strength(self.cfg, strength)
         own = src.state.motion
 
         def pick(track: FactorTrack, idx: list[int], s: float, base: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,9 @@ factor sources: a video or image path | 'source' (hold the portrait's own) | 'au
 expression also takes an emotion ({', '.join(EMOTIONS)}) or an EDTalk .npy of 10 weights.
 Length: the audio's when audio drives the mouth, else the mouth driver's (then pose, expression).
 A driver shorter than the output plays forward, then backward (ping-pong). Drivers are read at 25 fps.
-Driver frames without a face hold the last face's motion. Bad input: one line on stderr, exit code 2,
-and no output file.
+Driver frames without a face hold the last face's motion. A LIA model (preset lia-256, fixtalk-lia) has one
+motion: drive it with one video (--driving); by default it moves relative to the driver's first frame
+(--motion-mode). Bad input: one line on stderr, exit code 2, and no output file.
 examples:
   fixtalk animate --source me.jpg --driving talk.mp4 --output out.mp4
   fixtalk animate --source me.jpg --audio speech.wav --expression happy --pose source --output out.mp4
@@ -50,6 +51,13 @@ def check_tune(args: argparse.Namespace) -> None:
         raise InputError(None, "--tune needs the torch backend (--backend torch)")
 
 
+def add_motion_mode_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--motion-mode`, shared by `animate`, `live` and `serve`."""
+    p.add_argument("--motion-mode", default="auto", choices=["auto", "relative", "absolute"],
+                   help="relative: the driver's motion since its first frame, on the portrait's own (LIA's demo); "
+                        "absolute: the driver's own (EDTalk's demo); auto (default): relative for LIA models")
+
+
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argparse.Namespace], int]]) -> None:
     p = sub.add_parser("animate", help="animate a portrait", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,6 +80,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
     add_backend_args(r)
+    add_motion_mode_arg(r)
     r.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
     handlers["animate"] = _animate
 
@@ -102,7 +111,7 @@ def check_audio(path: str) -> None:
 def _animate(args: argparse.Namespace) -> int:
     from fixtalk.io import load_image
     from fixtalk.options import RuntimeOptions
-    from fixtalk.pipeline import Pipeline, check_factor
+    from fixtalk.pipeline import Pipeline, check_factor, check_one_motion, check_strength
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="fixtalk: %(message)s")
     # Everything cheap is checked before the model loads, so bad input fails in a fraction of a second.
@@ -114,10 +123,10 @@ def _animate(args: argparse.Namespace) -> int:
         raise InputError(None, "--max-frames must be >= 1")
     mouth = args.mouth or ("audio" if args.audio else args.driving) or "source"
     pose = args.pose or args.driving or "source"
-    expression = args.expression or args.driving or "source"
+    expression = args.expression or args.driving  # None: 'source' (or, for a LIA model, the one motion's driver)
     if mouth == "audio" and not args.audio:
         raise InputError(None, "--mouth audio needs --audio FILE")
-    for value, factor in ((mouth, "lip"), (pose, "pose"), (expression, "exp")):
+    for value, factor in ((mouth, "lip"), (pose, "pose"), (expression or "source", "exp")):
         check_factor(value, factor)
     if args.audio:
         check_audio(args.audio)
@@ -126,7 +135,9 @@ def _animate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"fixtalk animate: {rt.describe()}")
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=options.batch,
-                                    progress=not args.quiet, tune_steps=args.tune)
+                                    progress=not args.quiet, tune_steps=args.tune, motion_mode=args.motion_mode)
+    check_one_motion(pipe.cfg, mouth, pose, expression)  # before the face search: needs the model's kind only
+    check_strength(pipe.cfg, strengths(args))
     src = pipe.prepare_source(image, face_index=args.face_index, path=args.source)
     drive = pipe.drive(src, mouth=mouth, pose=pose, expression=expression, audio=args.audio,
                        side_by_side=args.side_by_side, max_frames=args.max_frames)

@@ -77,6 +77,9 @@ class WebApp:
     def choices(self) -> dict[str, list[str]]:
         """What each factor can follow with this checkpoint (no audio without Audio2Lip, presets it has)."""
         bundle = getattr(self.pipe, "bundle", None)
+        if bundle is not None and not bundle.model.cfg.decoupled:
+            one = [VIDEO, VIDEO2]  # a LIA model has one motion: all three follow the same video
+            return {"mouth": one, "pose": one, "expression": one}
         has_a2l = getattr(bundle, "audio2lip", None) is not None
         has_exp = bundle is None or bundle.model.cfg.has_expression
         presets = [e for e in EMOTIONS if e in getattr(bundle, "expression_presets", {})]
@@ -233,6 +236,8 @@ def _examples(folder: Path | None, max_seconds: float, choices: dict[str, list[s
 
 # --- CLI ----------------------------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argparse.Namespace], int]]) -> None:
+    from fixtalk.pipeline_cli import add_motion_mode_arg
+
     p = sub.add_parser("serve", help="web UI in the browser (Gradio), on localhost by default")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network")
     p.add_argument("--port", type=int, default=7860, help="(default: %(default)s)")
@@ -240,6 +245,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     add_runtime_args(p)
     p.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
+    add_motion_mode_arg(p)
     p.add_argument("--max-upload-mb", type=float, default=Limits.max_upload_mb,
                    help="largest upload per file (default: %(default)s)")
     p.add_argument("--max-seconds", type=float, default=Limits.max_seconds,
@@ -266,7 +272,8 @@ def _serve(args: argparse.Namespace) -> int:
     options = RuntimeOptions.from_args(args)
     rt = options.runtime()
     print(f"fixtalk serve: {rt.describe()}", flush=True)
-    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=options.batch, tune_steps=args.tune)
+    pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=options.batch, tune_steps=args.tune,
+                                    motion_mode=args.motion_mode)
     limits = Limits(args.max_seconds, args.max_upload_mb)
     demo = build_demo(WebApp(pipe, limits), args.examples or default_examples_dir())
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -26,6 +26,8 @@ same inputs up to float rounding (tests/test_stream.py), except where noted:
   160 ms after the end of frame i's own audio (120 ms mel window + 40 ms smoothing).
 - A driver that ends before the audio plays forward then backward (ping-pong) after flush(), as in
   the batch path; frames past the audio's end are dropped when the audio drives the mouth.
+- Relative motion (`Pipeline.relative`, the default for LIA models): the start is the first frame with a
+  face, as in the batch path (which fills faceless leading frames with the first face).
 """
 
 from __future__ import annotations
@@ -42,7 +44,17 @@ from fixtalk.checkpoint import EMOTIONS
 from fixtalk.errors import InputError
 from fixtalk.models.audio2lip import smooth_lip_weights
 from fixtalk.models.fdm import Motion
-from fixtalk.pipeline import FLAT_CROP_STD, FPS, Pipeline, PreparedSource, pingpong, to_tensor, to_uint8
+from fixtalk.pipeline import (
+    FLAT_CROP_STD,
+    FPS,
+    Pipeline,
+    PreparedSource,
+    check_one_motion,
+    check_strength,
+    pingpong,
+    to_tensor,
+    to_uint8,
+)
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 samples = 40 ms = 3.2 mel frames of 200 samples
 MEL_HOP, MEL_HALF = 200, 400            # STFT hop and half window (centred frames) of fixtalk.audio
@@ -101,8 +113,10 @@ class Stream:
         self.strength = tuple(float(s) for s in strength)
         if len(self.strength) != 3:
             raise ValueError("strength needs three values: mouth, pose, expression")
+        check_one_motion(pipe.cfg, mouth, pose, expression)
+        check_strength(pipe.cfg, self.strength)
         has_exp = pipe.cfg.has_expression and src.state.motion.exp is not None
-        if not pipe.cfg.has_expression and expression not in (None, "source"):
+        if pipe.cfg.decoupled and not pipe.cfg.has_expression and expression not in (None, "source"):
             raise InputError(pipe.bundle.path, "this checkpoint has no expression module (lip/pose model)")
         self.modes = {"lip": mouth, "pose": pose, "exp": (expression or "source") if has_exp else "none"}
         dev = pipe.runtime.device
@@ -142,6 +156,7 @@ class Stream:
         self._track = FaceTrack(pipe.detector, face_index=face_index, fps=fps) if self._video else None
         self._drv = {f: _Frames() for f in self._video}  # per driver frame: 1 x n weights
         self._last: dict[str, torch.Tensor] | None = None  # weights of the last frame with a face
+        self._start: dict[str, torch.Tensor] | None = None  # relative mode: weights of the first face
         # Audio state: samples from absolute index _a0; mel frames from absolute index _m0; raw and
         # smoothed Audio2Lip weights per video frame.
         self._wav = np.zeros(0, np.float32)
@@ -216,11 +231,12 @@ class Stream:
         x = to_tensor(c)
         feat = pipe.runtime.run(pipe.model.driving_features, x).float().cpu()
         # The factor heads on the motion feature, exactly as Pipeline._factor does for a video.
-        fdm = pipe.model.fdm
-        heads = {"lip": fdm.lip_fc, "pose": fdm.pose_fc, "exp": getattr(fdm, "exp_fc", None)}
         with torch.no_grad():
-            trunk = fdm.fc(feat.to(pipe.runtime.device))
-            self._last = {f: heads[f](trunk).float().cpu() for f in self._video}  # type: ignore[misc]
+            w = {f: pipe.model.fdm.head(f, feat.to(pipe.runtime.device)).float().cpu() for f in self._video}
+        if pipe.relative:  # the driver's motion since its first face, on the portrait's own (Motion.relative)
+            self._start = self._start or w
+            w = {f: w[f] - self._start[f] + self._hold[f] for f in w}  # type: ignore[operator]
+        self._last = w
         for f in self._video:
             self._drv[f].append(self._last[f])
         self.timings["encode"].append(time.perf_counter() - t1)

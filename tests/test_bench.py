@@ -37,3 +37,15 @@ def test_bench_runs_on_the_pixel_path_model() -> None:
     assert {"E (encoder)", "G (generator)"} <= set(times) and all(t > 0 for t in times.values())
     ours, ref = model_only(model, 2, rt)
     assert ours > 0 and ref > 0
+
+
+def test_lia_reference_loop_renders_the_cached_paths_frame() -> None:
+    """For a LIA model the reference loop is LIA's demo (absolute mode): the same frame again."""
+    for rgb_warp in (False, True):
+        cfg = PLAIN.replace(motion_net="lia", lip_dim=20, pose_dim=0, exp_dim=0, rgb_warp=rgb_warp)
+        model = _randomise(FixTalk(cfg)).eval()
+        g = torch.Generator().manual_seed(1)
+        src, drv = (torch.rand(1, 3, 64, 64, generator=g) * 2 - 1 for _ in range(2))
+        with torch.inference_mode():
+            ours = model.render(model.prepare_source(src), model.predict_motion(*[model.driving_features(drv)] * 2))
+        assert (reference_frame(model, src, drv, drv, drv) - ours).abs().max() < 2e-3

@@ -5,6 +5,11 @@ source crop at every size and `motion` the per-frame bank weights (mouth, pose, 
 factor is held). Checkpoints render through `Pipeline.frames` (no paste-back: the metrics compare aligned
 crops); a model whose input size differs from the evaluation size is resized to it (area filter when
 shrinking, bicubic when enlarging) so that every row is scored on the same pixels.
+
+A LIA checkpoint (one motion; `lia-*` presets) is driven the way LIA's demo drives it, relative to the
+driving clip's first frame (`Motion.relative`: alpha_t - alpha_0 + alpha_source), as `Pipeline` does by
+default. It has no Audio2Lip and no expression presets, so the audio-driven protocol notes why it is
+missing and the emotion protocol drives it with the clip ("video" mode).
 """
 
 from __future__ import annotations
@@ -99,11 +104,21 @@ class CheckpointRow:
         self.cfg = self.pipe.cfg
         self.size: int | None = self.cfg.size
         self.has_audio2lip = self.pipe.audio2lip is not None
+        self.relative = self.pipe.relative     # LIA: driven relative to the clip's first frame
+        self._start: Motion | None = None      # that frame's motion (per clip, from `motion`)
         self._sources: dict[int, Any] = {}     # id(crop) -> PreparedSource (it keeps the crop alive)
 
     def reset(self) -> None:
-        """Forget the encoded sources (called per clip)."""
+        """Forget the encoded sources and the clip's first-frame motion (called per clip)."""
         self._sources.clear()
+        self._start = None
+
+    @property
+    def audio_note(self) -> str:
+        """Why the audio-driven protocol has no numbers for this row (when it has no Audio2Lip)."""
+        if not self.cfg.decoupled:
+            return "a LIA model has one motion and no Audio2Lip: audio cannot drive it"
+        return "the checkpoint has no Audio2Lip (add one with `fixtalk convert-edtalk Audio2Lip.pt DIR`)"
 
     def describe(self) -> dict[str, Any]:
         """What the row is, with the weights' sha256 (from config.json, verified on load) as provenance."""
@@ -115,6 +130,7 @@ class CheckpointRow:
         return {"name": self.name, "kind": self.kind, "checkpoint": str(self.path), "sha256": files,
                 "preset": c.name, "tune_steps": self.pipe.tune_steps,
                 "size": c.size, "use_emi": c.use_emi, "use_edi": c.use_edi, "expression": c.has_expression,
+                "motion_net": c.motion_net, "motion_mode": "relative" if self.relative else "absolute",
                 "audio2lip": self.has_audio2lip,
                 "expression_presets": sorted(self.pipe.bundle.expression_presets)}
 
@@ -130,8 +146,11 @@ class CheckpointRow:
             f = run(model.driving_features, x)
             parts.append(run(model.predict_motion, f, f, f))
         cat = lambda xs: torch.cat([x.float().cpu() for x in xs])  # noqa: E731
-        return Motion(cat([p.lip for p in parts]), cat([p.pose for p in parts]),
-                      cat([p.exp for p in parts]) if parts[0].exp is not None else None)
+        motion = Motion(cat([p.lip for p in parts]), cat([p.pose for p in parts]),
+                        cat([p.exp for p in parts]) if parts[0].exp is not None else None)
+        first = motion.exp[:1] if motion.exp is not None else None
+        self._start = Motion(motion.lip[:1], motion.pose[:1], first)
+        return motion
 
     def audio_lip(self, audio: str) -> torch.Tensor | None:
         """Audio2Lip mouth weights (T x lip_dim) of a speech file; None without an Audio2Lip."""
@@ -152,6 +171,12 @@ class CheckpointRow:
         src = self._sources.get(id(face))
         if src is None or src.crop is not face:
             src = self._sources[id(face)] = self.pipe.prepare_crop(face)
+        if self.relative:
+            # Only video motion reaches a relative (LIA) row: it has neither Audio2Lip nor presets.
+            assert self._start is not None, "motion() of the clip comes before render()"
+            own = src.state.motion
+            motion = motion.relative(self._start, Motion(own.lip.float().cpu(), own.pose.float().cpu(),
+                                                         None if own.exp is None else own.exp.float().cpu()))
         exp = FactorTrack(motion.exp, "exp") if motion.exp is not None and self.cfg.has_expression else None
         drive = Drive(FactorTrack(motion.lip, "lip"), FactorTrack(motion.pose, "pose"), exp, n)
         return [fit(f, size) for f in self.pipe.frames(src, drive, paste_back=False)]

@@ -230,6 +230,12 @@ def markdown(res: dict[str, Any]) -> str:
     counts = res["counts"]
     lines = [f"# fixtalk eval ({counts['clips_evaluated']} clips, {counts['frames']} frames, "
              f"crops at {res['eval_size']} px)", ""]
+    ckpts = [r for r in res.get("rows", []) if r.get("kind") == "checkpoint"]
+    if ckpts:
+        onoff = lambda b: "on" if b else "off"  # noqa: E731
+        lines += ["Checkpoint rows: " + "; ".join(
+            f"{r['name']} = {r.get('preset')} (EMI {onoff(r.get('use_emi'))}, EDI {onoff(r.get('use_edi'))}, "
+            f"{r.get('motion_mode', 'absolute')} motion)" for r in ckpts), ""]
     for proto, spec in PROTOCOLS.items():
         table = res["results"][proto]
         c = counts.get(proto, {})

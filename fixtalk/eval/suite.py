@@ -15,6 +15,8 @@ Per clip (one unit of work; `--shard i/n` takes every n-th clip, so ranks under 
 * audio-driven (Tab. 3), on clips with audio: mouth from Audio2Lip, pose and expression from the clip;
   PSNR/SSIM/M-LMD/F-LMD against the real frames, Sync (LSE-C = Sync_conf, LSE-D) when SyncNet weights are
   given.
+* LIA checkpoints (one motion) are driven relative to the clip's first frame, as LIA's demo does
+  (`CheckpointRow`); they have no Audio2Lip (audio-driven: a note says why) and no presets.
 * emotion (Tab. 3 Acc_emo, FER proxy) on emotion-labelled clips: the identity's neutral clip's first frame
   (when one is in the set; else the clip's own) driven by the clip with the expression from the
   checkpoint's preset of the clip's emotion (or, without presets, from the clip); the FER probabilities
@@ -214,8 +216,7 @@ class ClipEvaluator:
             assert motion is not None and clip.audio is not None
             lip = row.audio_lip(clip.audio)
             if lip is None:
-                rec["notes"].setdefault("audio_driven", {})[row.name] = \
-                    "the checkpoint has no Audio2Lip (add one with `fixtalk convert-edtalk Audio2Lip.pt DIR`)"
+                rec["notes"].setdefault("audio_driven", {})[row.name] = row.audio_note
                 return
             L = min(L, len(lip))
             motion = Motion(lip[:L], motion.pose[:L], None if motion.exp is None else motion.exp[:L])

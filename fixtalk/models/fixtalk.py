@@ -5,7 +5,10 @@
     G(f_6^s + m, f^s_{1:5} with f_4^s replaced by EDI's fused map, e) <---------+
 
 With `use_emi=False` and `use_edi=False` this is exactly EDTalk (the official checkpoints load into it),
-so the baseline and FixTalk share one code path (the ablation switches of the paper's Tab. 3).
+so the baseline and FixTalk share one code path (the ablation switches of the paper's Tab. 3). With
+`motion_net="lia"` the motion network is LIA's (`lmd.LMD`: one 20-direction motion, no FDM split) and G has
+no EEM: that is LIA itself, the second baseline of FixTalk's generalisation study (Sec. 5, Fig. 8), and
+EMI/EDI plug into it by the same switches (`fdm` names the motion network of either kind).
 
 Inference is split so that constant work runs once per source (conventions.md item 6):
 `prepare_source` encodes the source (maps, latent, z^s, its own motion m^s and EDI token f_pi^s), then
@@ -25,6 +28,7 @@ from fixtalk.models.emi import EMI
 from fixtalk.models.encoder import Encoder
 from fixtalk.models.fdm import FDM, Motion
 from fixtalk.models.generator import Synthesis
+from fixtalk.models.lmd import LMD
 
 # EMI pools the maps f_1..f_5 of the paper's 512 setting: 256^2 .. 16^2 (32^2 = f_4 goes through P).
 _EMI_RESOLUTIONS = (16, 64, 128, 256)
@@ -87,7 +91,7 @@ class FixTalk(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.enc = Encoder(cfg)
-        self.fdm = FDM(cfg)
+        self.fdm: FDM | LMD = FDM(cfg) if cfg.decoupled else LMD(cfg)
         self.dec = Synthesis(cfg)
         res = cfg.map_resolutions
         self._emi_idx = [res.index(r) for r in _EMI_RESOLUTIONS if r in res]

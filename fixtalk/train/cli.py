@@ -23,11 +23,14 @@ stages (architecture.md 5, 9.3), in order:
   fixtalk     EMI (L_dis) + EDI (L_d-mem, L_align) + decoder; curriculum p: 0 -> 0.5 on the source address
   audio2lip   Audio2Lip on the generator's lip weights: regression + 0.1 smoothness (+ SyncNet with --syncnet)
   finetune    one person's video: decoder only by default
-Re-running the same command resumes from RUN/checkpoint.pt; the finished model is written to RUN/final/.
+LIA presets (lia-256, fixtalk-lia, lia-small, fixtalk-lia-small: one motion, no FDM split) train with
+recon, fixtalk and finetune. Re-running the same command resumes from RUN/checkpoint.pt; the finished
+model is written to RUN/final/.
 Multi-GPU / multi-node: torchrun --nproc_per_node 8 -m fixtalk.cli train ... (batch size is per process).
 examples:
   fixtalk train --stage recon --data data256 --out runs/recon --preset fixtalk-256 --init edtalk256/ --time-budget 12h
   fixtalk train --stage fixtalk --data data256 --out runs/fixtalk --init runs/recon/final --max-steps 200000
+  fixtalk train --stage fixtalk --data data256 --out runs/fixtalk-lia --preset fixtalk-lia --init lia/ --max-steps 1000
 """
 
 

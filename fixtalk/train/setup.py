@@ -112,6 +112,9 @@ def resolve_model_config(opts: TrainOptions, init: InitWeights | None, resumed: 
             raise InputError(None, f"--size: {err}") from None
     if opts.stage == "fixtalk" and not (cfg.use_emi and cfg.use_edi):
         raise InputError(None, f"stage fixtalk needs a model with EMI and EDI; {cfg.name} has neither/one")
+    if not cfg.decoupled and opts.stage in ("mouth-pose", "expression", "audio2lip"):
+        raise InputError(None, f"stage {opts.stage} needs EDTalk's FDM (mouth/pose/expression banks); {cfg.name} is "
+                               "a LIA model with one motion: train it with the recon, fixtalk or finetune stage")
     if opts.stage == "expression" and not cfg.has_expression:
         raise InputError(None, f"stage expression needs a model with an expression head; {cfg.name} has exp_dim=0")
     return cfg
