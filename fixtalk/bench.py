@@ -14,24 +14,43 @@ Random weights (speed does not depend on them). Three measurements in one run, s
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from fixtalk.config import get_preset
-from fixtalk.models.fixtalk import FixTalk, motion_delta
 from fixtalk.options import RuntimeOptions, add_runtime_args
-from fixtalk.runtime import Runtime
+
+if TYPE_CHECKING:  # torch is imported where it is used: `fixtalk --help` builds this parser without it
+    import torch
+
+    from fixtalk.models.fixtalk import FixTalk
+    from fixtalk.runtime import Runtime
+
+R = TypeVar("R")
+
+
+def _inference_mode(fn: Callable[..., R]) -> Callable[..., R]:
+    """`torch.inference_mode()` as a decorator that imports torch at the call, not at the import."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        import torch
+
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -47,13 +66,16 @@ def timeit(fn: Callable[[], object], device: torch.device, iters: int = 3, warmu
         fn()
         _sync(device)
         times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(statistics.median(times))
 
 
-@torch.inference_mode()
+@_inference_mode
 def reference_frame(model: FixTalk, source: torch.Tensor, lip: torch.Tensor, pose: torch.Tensor,
                     exp: torch.Tensor) -> torch.Tensor:
     """One frame the way EDTalk's demo computes it (Generator.forward per frame, batch 1)."""
+    import torch
+    import torch.nn.functional as F
+
     wa, feats = model.enc(source)
     lat = {k: model.enc(x)[0] for k, x in (("lip", lip), ("pose", pose), ("exp", exp))}
     fdm = model.fdm
@@ -92,6 +114,10 @@ def reference_frame(model: FixTalk, source: torch.Tensor, lip: torch.Tensor, pos
 
 def module_times(model: FixTalk, batch: int, rt: Runtime) -> dict[str, float]:
     """Milliseconds per frame for each module at batch B (source cached)."""
+    import torch
+
+    from fixtalk.models.fixtalk import motion_delta
+
     s = model.cfg.size
     x = torch.rand(batch, 3, s, s, device=rt.device) * 2 - 1
     src = rt.run(model.prepare_source, x[:1])
@@ -119,6 +145,8 @@ def module_times(model: FixTalk, batch: int, rt: Runtime) -> dict[str, float]:
 
 def model_only(model: FixTalk, batch: int, rt: Runtime) -> tuple[float, float]:
     """(fixtalk ms/frame at batch B with the source cached, reference loop ms/frame)."""
+    import torch
+
     s = model.cfg.size
     x = torch.rand(batch, 3, s, s, device=rt.device) * 2 - 1
     src = rt.run(model.prepare_source, x[:1])
@@ -171,13 +199,19 @@ def file_to_file(model: FixTalk, rt: Runtime, source: Path, clip: Path, frames: 
 
 
 def peak_memory(rt: Runtime) -> str:
+    import torch
+
     if rt.device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(rt.device) / 2**30:.2f} GiB GPU (allocated)"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB process RSS"
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from fixtalk.config import get_preset
     from fixtalk.errors import InputError
+    from fixtalk.models.fixtalk import FixTalk
 
     try:
         cfg = get_preset(args.preset)

@@ -18,6 +18,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+# The eight MEAD emotions: expression presets, `--expression NAME` (here, not in checkpoint.py: no torch import).
+EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
+
 
 @dataclass(frozen=True)
 class EMIConfig:
