@@ -129,14 +129,18 @@ def test_niqe_matches_basicsr(monkeypatch: pytest.MonkeyPatch, portrait: np.ndar
     np.testing.assert_allclose(niqe.imresize(x, 0.5), matlab_resize(x, 0.5), atol=1e-5)
 
 
-def test_niqe_missing_params(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_niqe_missing_params(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     niqe.pristine_params.cache_clear()
-    monkeypatch.setattr(sys, "path", [])
+    monkeypatch.setattr(sys, "path", [])                       # no installed basicsr
+    monkeypatch.setenv("FIXTALK_ASSETS_DIR", str(tmp_path))    # and no extracted copy
     try:
-        with pytest.raises(M.MetricUnavailable, match=r"pip install --no-deps basicsr==1\.4\.2"):
+        with pytest.raises(M.MetricUnavailable) as err:
             M.niqe(np.zeros((192, 192), np.uint8))
     finally:
         niqe.pristine_params.cache_clear()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("NIQE unavailable: basicsr/metrics/niqe_pris_params.npz")
+    assert "python -m fixtalk.datafiles" in message and "pip install --no-deps basicsr==1.4.2" in message
 
 
 # -- CPBD --------------------------------------------------------------------------------------------------
