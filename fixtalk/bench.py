@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from fixtalk.options import RuntimeOptions, add_runtime_args
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: `fixtalk --help` builds
     import torch
 
     from fixtalk.models.fixtalk import FixTalk
+    from fixtalk.models.generator import EEM
     from fixtalk.runtime import Runtime
 
 R = TypeVar("R")
@@ -80,7 +81,7 @@ def reference_frame(model: FixTalk, source: torch.Tensor, lip: torch.Tensor, pos
     lat = {k: model.enc(x)[0] for k, x in (("lip", lip), ("pose", pose), ("exp", exp))}
     fdm = model.fdm
     alpha = [fdm.lip_fc(fdm.fc(lat["lip"])), fdm.pose_fc(fdm.fc(lat["pose"]))]
-    w = fdm.direction_lipnonlip.weight
+    w: torch.Tensor = fdm.direction_lipnonlip.weight
     if fdm.exp_dim:
         alpha.append(fdm.exp_fc(fdm.fc(lat["exp"])))
         w = torch.cat([w, fdm.direction_exp.weight], 1)
@@ -96,12 +97,13 @@ def reference_frame(model: FixTalk, source: torch.Tensor, lip: torch.Tensor, pos
     for k, feat in enumerate(feats):
         x = dec.convs[2 * k + 1](dec.convs[2 * k](x, latent), latent)
         if dec.fineadainresblock is not None:
-            eem = dec.fineadainresblock[k]
+            eem = cast("EEM", dec.fineadainresblock[k])
             F.leaky_relu(eem.norm1(eem.conv1(feat), e))  # the released code computes and discards this
             feat = eem(feat, e)
         warped, x, raw = dec.to_flows[k](x, latent, feat, raw)
         rgb = dec.to_rgbs[k](warped, rgb)
         x_half = x if k == len(feats) - 2 else x_half
+    assert rgb is not None  # the generator has at least one level
     if dec.pixel_warp is None:
         return rgb
     # The pixel path (rgb_warp, not in the reference code) costs the same in both loops: the source's own bank
@@ -132,11 +134,11 @@ def module_times(model: FixTalk, batch: int, rt: Runtime) -> dict[str, float]:
     m, e = rt.run(model.fdm.compose, motion)
     st = src.expand(batch)
     maps = st.maps
-    if model.edi is not None:
+    if (edi := model.edi) is not None:
         i = model.cfg.f4_index
         key = m - st.m
-        res["EDI"] = timeit(lambda: rt.run(model.edi.forward_infer, maps[i], key, st.f_pi), rt.device)
-        fused = rt.run(model.edi.forward_infer, maps[i], key, st.f_pi)
+        res["EDI"] = timeit(lambda: rt.run(edi.forward_infer, maps[i], key, st.f_pi), rt.device)
+        fused = rt.run(edi.forward_infer, maps[i], key, st.f_pi)
         maps = [*maps[:i], fused, *maps[i + 1:]]
     pixel = (st.image, motion_delta(motion, st.motion)) if model.cfg.rgb_warp else (None, None)
     res["G (generator)"] = timeit(lambda: rt.run(model.dec, st.latent + m, maps, e, st.eem, *pixel), rt.device)

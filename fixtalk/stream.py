@@ -115,7 +115,7 @@ class Stream:
             if mode == "none":
                 continue
             if mode == "source":
-                self._const[f] = self._base[f]  # type: ignore[assignment]
+                self._const[f] = self._base[f]  # type: ignore[assignment]  # None only in mode "none"
             elif mode == "audio":
                 if f != "lip":
                     raise InputError(None, f"'audio' can drive the mouth only, not the {_NAMES[f]}")
@@ -189,7 +189,7 @@ class Stream:
             length = len(self._drv[self._video[0]])
         if self._video and len(self._drv[self._video[0]]) == 0 and length:
             for f in self._video:  # audio but no driver frame at all: hold the portrait's own motion
-                self._drv[f].append(self._hold[f])  # type: ignore[arg-type]
+                self._drv[f].append(self._hold[f])  # type: ignore[arg-type]  # None only in mode "none"
         now = time.perf_counter()
         for i in range(self._next, length):
             self._arrival.setdefault(i, now)
@@ -211,7 +211,7 @@ class Stream:
         if c is None:  # hold the last face's motion; before any face, the portrait's own
             held = self._last or self._hold
             for f in self._video:
-                self._drv[f].append(held[f])  # type: ignore[arg-type]
+                self._drv[f].append(held[f])  # type: ignore[arg-type]  # None only in mode "none"
             return
         x = to_tensor(c)
         feat = pipe.runtime.run(pipe.model.driving_features, x).float().cpu()
@@ -220,7 +220,7 @@ class Stream:
         heads = {"lip": fdm.lip_fc, "pose": fdm.pose_fc, "exp": getattr(fdm, "exp_fc", None)}
         with torch.no_grad():
             trunk = fdm.fc(feat.to(pipe.runtime.device))
-            self._last = {f: heads[f](trunk).float().cpu() for f in self._video}  # type: ignore[misc]
+            self._last = {f: heads[f](trunk).float().cpu() for f in self._video}  # type: ignore[misc]  # exp_fc: None only in mode "none"
         for f in self._video:
             self._drv[f].append(self._last[f])
         self.timings["encode"].append(time.perf_counter() - t1)

@@ -13,6 +13,7 @@ In eval mode Q is computed once and cached; training recomputes it every step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ class FDM(nn.Module):
         """Orthonormal bases Q (style_dim x n_motion); cached while the module is in eval mode."""
         if not self.training and self._q_cache is not None:
             return self._q_cache
-        w = self.direction_lipnonlip.weight
+        w: torch.Tensor = self.direction_lipnonlip.weight
         if self.exp_dim:
             w = torch.cat([w, self.direction_exp.weight], dim=1)
         q, _ = torch.linalg.qr(w + 1e-8, mode="reduced")
@@ -82,7 +83,7 @@ class FDM(nn.Module):
         self._q_cache = None  # the banks may change (training, or a new state dict) -> recompute
         return super().train(mode)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._q_cache = None
         super()._load_from_state_dict(*args, **kwargs)
 
