@@ -17,6 +17,7 @@ PLAIN = TINY.replace(use_emi=False, use_edi=False)
 
 @pytest.mark.parametrize("rgb_warp", [False, True])
 def test_reference_loop_renders_the_cached_paths_frame(rgb_warp: bool) -> None:
+    torch.manual_seed(0)  # the initial weights, whatever ran before in this process
     model = _randomise(FixTalk(PLAIN.replace(rgb_warp=rgb_warp))).eval()
     g = torch.Generator().manual_seed(1)
     src, drv = (torch.rand(1, 3, 64, 64, generator=g) * 2 - 1 for _ in range(2))
@@ -24,8 +25,11 @@ def test_reference_loop_renders_the_cached_paths_frame(rgb_warp: bool) -> None:
         ours = model.render(model.prepare_source(src), model.predict_motion(*[model.driving_features(drv)] * 3))
         other = model.render(model.prepare_source(drv), model.predict_motion(*[model.driving_features(src)] * 3))
     ref = reference_frame(model, src, drv, drv, drv)
-    assert (ref - ours).abs().max() < 2e-3  # grid_sample amplifies float32 rounding
-    assert (ref - other).abs().max() > 1e-2  # negative control: the comparison can tell frames apart
+    # grid_sample amplifies float32 rounding at single pixels (max 1e-3 to 1e-2 over initial weights, mean <= 1e-4);
+    # another frame differs by 0.2 to 0.6 on average.
+    diff = (ref - ours).abs()
+    assert diff.mean() < 1e-3 and diff.max() < 0.05
+    assert (ref - other).abs().mean() > 0.05  # negative control: the comparison can tell frames apart
 
 
 def test_bench_runs_on_the_pixel_path_model() -> None:
