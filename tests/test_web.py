@@ -7,7 +7,8 @@ errors (oversized upload, too long a clip, no face) must arrive as messages in t
 request the page makes must go to the server itself (the UI works offline). A screenshot of the result
 goes to $FIXTALK_WEB_SCREENSHOT (default /tmp/fixtalk_web.png).
 
-Skips only when Chromium is absent (CI installs it: apt-get install -y chromium).
+The browser tests skip only when Chromium is absent (`make test` installs it as root: apt-get install -y
+chromium); those that use the dev faces or detect a face also need them and dlib (tests/conftest.py).
 """
 
 from __future__ import annotations
