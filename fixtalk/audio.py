@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import librosa
 import numpy as np
@@ -96,7 +97,7 @@ def _mel_basis() -> np.ndarray:
     return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
 
 
-def melspectrogram(wav: np.ndarray, pad_mode: str = "constant") -> np.ndarray:
+def melspectrogram(wav: np.ndarray, pad_mode: Literal["constant", "reflect"] = "constant") -> np.ndarray:
     """Normalised log-mel spectrogram, (T, 80) float32 in [-4, 4], T = 1 + len(wav) // 200.
 
     pad_mode is the centred-STFT edge padding. The parity fixture is reproduced exactly (max abs diff 0)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 from fixtalk.config import get_preset
 from fixtalk.models.fixtalk import FixTalk, motion_delta
+from fixtalk.models.generator import EEM
 from fixtalk.models.lmd import LMD
-from fixtalk.options import RuntimeOptions, add_runtime_args
+from fixtalk.options import RuntimeOptions
 from fixtalk.runtime import Runtime
 
 
@@ -67,7 +68,7 @@ def reference_frame(model: FixTalk, source: torch.Tensor, lip: torch.Tensor, pos
         return _reference_decoder(model, latent, feats, None, source, alpha - fdm.fc(wa))
     lat = {k: model.enc(x)[0] for k, x in (("lip", lip), ("pose", pose), ("exp", exp))}
     alpha = [fdm.lip_fc(fdm.fc(lat["lip"])), fdm.pose_fc(fdm.fc(lat["pose"]))]
-    w = fdm.direction_lipnonlip.weight
+    w: torch.Tensor = fdm.direction_lipnonlip.weight
     if fdm.exp_dim:
         alpha.append(fdm.exp_fc(fdm.fc(lat["exp"])))
         w = torch.cat([w, fdm.direction_exp.weight], 1)
@@ -92,12 +93,13 @@ def _reference_decoder(model: FixTalk, latent: torch.Tensor, feats: list[torch.T
     for k, feat in enumerate(feats):
         x = dec.convs[2 * k + 1](dec.convs[2 * k](x, latent), latent)
         if dec.fineadainresblock is not None:
-            eem = dec.fineadainresblock[k]
+            eem = cast(EEM, dec.fineadainresblock[k])
             F.leaky_relu(eem.norm1(eem.conv1(feat), e))  # the released code computes and discards this
             feat = eem(feat, e)
         warped, x, raw = dec.to_flows[k](x, latent, feat, raw)
         rgb = dec.to_rgbs[k](warped, rgb)
         x_half = x if k == len(feats) - 2 else x_half
+    assert rgb is not None  # the generator has at least one level
     if dec.pixel_warp is None:
         return rgb
     f4 = feats[[f.shape[-1] for f in feats].index(32)]
@@ -120,11 +122,12 @@ def module_times(model: FixTalk, batch: int, rt: Runtime) -> dict[str, float]:
     m, e = rt.run(model.fdm.compose, motion)
     st = src.expand(batch)
     maps = st.maps
-    if model.edi is not None:
+    edi = model.edi
+    if edi is not None:
         i = model.cfg.f4_index
         key = m - st.m
-        res["EDI"] = timeit(lambda: rt.run(model.edi.forward_infer, maps[i], key, st.f_pi), rt.device)
-        fused = rt.run(model.edi.forward_infer, maps[i], key, st.f_pi)
+        res["EDI"] = timeit(lambda: rt.run(edi.forward_infer, maps[i], key, st.f_pi), rt.device)
+        fused = rt.run(edi.forward_infer, maps[i], key, st.f_pi)
         maps = [*maps[:i], fused, *maps[i + 1:]]
     pixel = (st.image, motion_delta(motion, st.motion)) if model.cfg.rgb_warp else (None, None)
     res["G (generator)"] = timeit(lambda: rt.run(model.dec, st.latent + m, maps, e, st.eem, *pixel), rt.device)
@@ -252,22 +255,3 @@ def run(args: argparse.Namespace) -> int:
               f"| speed-up x{fo / fr:.2f}")
     print(f"peak memory: {peak_memory(rt)}")
     return 0
-
-
-def register(sub: argparse._SubParsersAction, handlers: dict) -> None:
-    p = sub.add_parser("bench", help="per-module timings and speed-up over the EDTalk (or LIA) demo loop")
-    p.add_argument("--preset", default="fixtalk-256")
-    p.add_argument("--size", type=int, help="override the preset's resolution")
-    add_runtime_args(p, batch=8, dtype="fp32")
-    p.add_argument("--no-backends", action="store_true",
-                   help="skip the torch fp32 / torch bf16 / onnx model-only comparison")
-    p.add_argument("--source", help="portrait for the file-to-file measurement")
-    p.add_argument("--clip", help="driving clip for the file-to-file measurement")
-    p.add_argument("--frames", type=int, default=24, help="frames of the clip to use")
-    handlers["bench"] = run
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    register(ap.add_subparsers(dest="cmd", required=True), {})
-    sys.exit(run(ap.parse_args(["bench", *sys.argv[1:]])))

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from fixtalk.config import EMOTIONS as EMOTIONS  # defined there (no torch), imported from here too
 from fixtalk.config import ModelConfig, get_preset
 from fixtalk.errors import InputError
 from fixtalk.models.audio2lip import Audio2Lip
 from fixtalk.models.fixtalk import FixTalk
 
 FORMAT = "fixtalk/1"
-EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
 # Official EDTalk keys that live in our FDM submodule; encoder/decoder keys are identical.
 _FDM_PREFIXES = ("fc.", "lip_fc.", "pose_fc.", "exp_fc.", "direction_lipnonlip.", "direction_exp.")
 # Official LIA keys of its motion network (encoder MLP, decoder directions) -> our `fdm` (models/lmd.py).

@@ -45,10 +45,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             raise InputError(out, "convert EDTalk.pt or EDTalk_lip_pose.pt into this directory first; "
                                   "Audio2Lip.pt is added to an existing checkpoint")
         bundle = load_bundle(out)
-        bundle.audio2lip = module  # type: ignore[assignment]
+        bundle.audio2lip = module  # type: ignore[assignment]  # kind "audio2lip": an Audio2Lip
         bundle.expression_presets.update(presets)
     else:
-        bundle = Bundle(module, None, presets)  # type: ignore[arg-type]
+        bundle = Bundle(module, None, presets)  # type: ignore[arg-type]  # not "audio2lip": a FixTalk
         if (out / "config.json").is_file():
             old = load_bundle(out)
             bundle.audio2lip = old.audio2lip
@@ -106,7 +106,7 @@ def _extensions() -> list[Callable]:
     import importlib
 
     found = []
-    for mod in ("fixtalk.pipeline_cli", "fixtalk.bench", "fixtalk.train.cli", "fixtalk.eval.cli", "fixtalk.serve",
+    for mod in ("fixtalk.pipeline_cli", "fixtalk.bench_cli", "fixtalk.train.cli", "fixtalk.eval.cli", "fixtalk.serve",
                 "fixtalk.onnx_cli"):
         try:
             found.append(importlib.import_module(mod).register)

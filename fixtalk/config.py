@@ -22,6 +22,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+# The eight MEAD emotions: expression presets, `--expression NAME` (here, not in checkpoint.py: no torch import).
+EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
+
 
 @dataclass(frozen=True)
 class EMIConfig:
@@ -163,7 +166,7 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 # LIA (wyhsirius/LIA, ICLR 2022): EDTalk's encoder and decoder without EEM, and one 20-direction motion.
-_LIA = {"motion_net": "lia", "lip_dim": 20, "pose_dim": 0, "exp_dim": 0}
+_LIA: dict[str, Any] = {"motion_net": "lia", "lip_dim": 20, "pose_dim": 0, "exp_dim": 0}
 _SMALL = PRESETS["fixtalk-small"]
 PRESETS.update({
     "lia-256": ModelConfig(name="lia-256", **_LIA),

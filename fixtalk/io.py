@@ -18,7 +18,7 @@ from fractions import Fraction
 from io import BytesIO
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import av
 import numpy as np
@@ -137,13 +137,16 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- video in
 
+_S = TypeVar("_S", bound="_Source")
+
+
 class _Source:
     """Context-manager plumbing shared by VideoReader and ImageFrames."""
 
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> _Source:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,13 +12,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from fixtalk.checkpoint import EMOTIONS
+from fixtalk.config import EMOTIONS
 from fixtalk.errors import InputError
 from fixtalk.options import RuntimeOptions, add_runtime_args
 from fixtalk.pipeline_cli import add_backend_args, add_motion_mode_arg, add_strength_args, check_tune, strengths
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `fixtalk --help` builds this parser without it
+    import numpy as np
 
 EPILOG = f"""
 factor sources: 'driver' (the --driving frames) | 'source' (hold the portrait's own) | 'audio' (mouth
@@ -106,6 +108,8 @@ def _video(path: str, max_frames: int | None, realtime: bool) -> Iterator[np.nda
 
 def summary(latencies: list[float], timings: dict[str, list[float]], wall: float, frames: int) -> str:
     """The closing report: latency median / p95 / max, throughput, per-stage medians (ms)."""
+    import numpy as np
+
     if not latencies:
         return "no frames were produced"
     ms = np.asarray(latencies) * 1000

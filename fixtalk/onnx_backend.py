@@ -153,8 +153,8 @@ class OnnxFixTalk:
                  **{f"eem{k}": t for k, t in enumerate(src.eem or []) if t is not None}}
         args = {}
         for n in self._render_inputs:
-            t = feed[n].expand(b, -1) if n in feed else state[n][:1]  # type: ignore[union-attr]
-            args[n] = _np(t)  # type: ignore[arg-type]
+            t = feed[n].expand(b, -1) if n in feed else state[n][:1]  # type: ignore[index,union-attr]  # inputs: never None
+            args[n] = _np(t)
         return torch.from_numpy(self.sessions["render"].run(None, args)[0])
 
 

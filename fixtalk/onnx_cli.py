@@ -17,12 +17,14 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from fixtalk.errors import InputError
-from fixtalk.models.fixtalk import FixTalk
+
+if TYPE_CHECKING:  # torch is imported where it is used: `fixtalk --help` builds this parser without it
+    from torch import Tensor
+
+    from fixtalk.models.fixtalk import FixTalk
 
 TOLERANCE = {"mean_abs": 1e-3, "psnr_db": 50.0}
 
@@ -55,6 +57,8 @@ def psnr_uint8(a: Tensor, b: Tensor) -> float:
 
 def _run(m: object, source: Tensor, drivers: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """(source cache by name, motion features, frames) through FixTalk's inference methods on `m`."""
+    import torch
+
     from fixtalk.onnx_export import flatten_state
 
     with torch.inference_mode():
@@ -76,6 +80,8 @@ def compare(model: FixTalk, other: object, source: Tensor, drivers: Tensor) -> C
 
 def real_inputs(model: FixTalk, source: str, driving: str, frames: int) -> tuple[Tensor, Tensor]:
     """Aligned crops of a portrait and of the first `frames` faces of a video, as the Pipeline makes them."""
+    import torch
+
     from fixtalk.checkpoint import Bundle
     from fixtalk.faces import FaceTrack, crop
     from fixtalk.io import open_frames

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from fixtalk.errors import InputError
 from fixtalk.models.fdm import Motion
 from fixtalk.models.fixtalk import FixTalk, SourceState
 from fixtalk.runtime import Runtime
+
+if TYPE_CHECKING:
+    from fixtalk.faces import FaceDetector
 
 log = logging.getLogger(__name__)
 FPS = 25
@@ -94,11 +98,11 @@ class Thumbs(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return len(self.slot)
 
-    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]  # by frame index only, no slices
         import cv2
 
         bgr = cv2.imdecode(np.frombuffer(self.jpeg[self.slot[i]], np.uint8), cv2.IMREAD_COLOR)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # type: ignore[arg-type]
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # type: ignore[arg-type]  # our own JPEG: never None
 
 
 def pingpong(i: int, n: int) -> int:
@@ -182,7 +186,7 @@ class Pipeline:
         # Per-sample modulated convs gain nothing from batching on a CPU (measured: batch 1 is fastest).
         self.batch_size = batch_size or (8 if self.runtime.device.type == "cuda" else 1)
         self.progress = progress
-        self._detector = None
+        self._detector: FaceDetector | None = None
         if tune_steps < 0:
             raise InputError(None, f"--tune must be >= 0 steps, got {tune_steps}")
         if tune_steps and not isinstance(self.model, FixTalk):
@@ -192,7 +196,7 @@ class Pipeline:
         self._tuned: dict[str, FixTalk] = {}  # sha1 of the aligned crop -> tuned generator (fixtalk.tune)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, **kwargs) -> Pipeline:  # type: ignore[no-untyped-def]
+    def from_pretrained(cls, path: str | Path | None = None, **kwargs: Any) -> Pipeline:
         """Load a checkpoint directory; None = the model shipped inside the package."""
         if path is None:
             if not (SHIPPED / "config.json").is_file():
@@ -202,7 +206,7 @@ class Pipeline:
         return cls(load_bundle(path), **kwargs)
 
     @property
-    def detector(self):  # type: ignore[no-untyped-def]
+    def detector(self) -> FaceDetector:
         if self._detector is None:
             from fixtalk.faces import FaceDetector
 
@@ -458,7 +462,7 @@ class Pipeline:
         panels.append(frame)
         return np.concatenate([cv2.resize(p, (round(p.shape[1] * h / p.shape[0]), h)) for p in panels], axis=1)
 
-    def _bar(self, total: int, desc: str):  # type: ignore[no-untyped-def]
+    def _bar(self, total: int, desc: str) -> Any:  # a tqdm bar
         from tqdm import tqdm
 
         return tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, leave=False)

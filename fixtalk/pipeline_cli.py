@@ -6,7 +6,7 @@ import argparse
 import logging
 from collections.abc import Callable
 
-from fixtalk.checkpoint import EMOTIONS
+from fixtalk.config import EMOTIONS
 from fixtalk.errors import InputError
 from fixtalk.options import add_runtime_args
 

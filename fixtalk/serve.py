@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fixtalk.checkpoint import EMOTIONS
+from fixtalk.config import EMOTIONS
 from fixtalk.errors import InputError
 from fixtalk.options import RuntimeOptions, add_runtime_args
 

@@ -129,7 +129,7 @@ class Stream:
             if mode == "none":
                 continue
             if mode == "source":
-                self._const[f] = self._base[f]  # type: ignore[assignment]
+                self._const[f] = self._base[f]  # type: ignore[assignment]  # None only in mode "none"
             elif mode == "audio":
                 if f != "lip":
                     raise InputError(None, f"'audio' can drive the mouth only, not the {_NAMES[f]}")
@@ -204,7 +204,7 @@ class Stream:
             length = len(self._drv[self._video[0]])
         if self._video and len(self._drv[self._video[0]]) == 0 and length:
             for f in self._video:  # audio but no driver frame at all: hold the portrait's own motion
-                self._drv[f].append(self._hold[f])  # type: ignore[arg-type]
+                self._drv[f].append(self._hold[f])  # type: ignore[arg-type]  # None only in mode "none"
         now = time.perf_counter()
         for i in range(self._next, length):
             self._arrival.setdefault(i, now)
@@ -226,7 +226,7 @@ class Stream:
         if c is None:  # hold the last face's motion; before any face, the portrait's own
             held = self._last or self._hold
             for f in self._video:
-                self._drv[f].append(held[f])  # type: ignore[arg-type]
+                self._drv[f].append(held[f])  # type: ignore[arg-type]  # None only in mode "none"
             return
         x = to_tensor(c)
         feat = pipe.runtime.run(pipe.model.driving_features, x).float().cpu()
@@ -235,7 +235,7 @@ class Stream:
             w = {f: pipe.model.fdm.head(f, feat.to(pipe.runtime.device)).float().cpu() for f in self._video}
         if pipe.relative:  # the driver's motion since its first face, on the portrait's own (Motion.relative)
             self._start = self._start or w
-            w = {f: w[f] - self._start[f] + self._hold[f] for f in w}  # type: ignore[operator]
+            w = {f: w[f] - self._start[f] + self._hold[f] for f in w}  # type: ignore[operator]  # streamed: not None
         self._last = w
         for f in self._video:
             self._drv[f].append(self._last[f])

@@ -60,9 +60,10 @@ def tune_generator(model: FixTalk, source: torch.Tensor, steps: int, lr: float =
     t0 = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad():
         tuned = copy.deepcopy(model).float().train()
-        for m in tuned.modules():  # per-shape caches may hold inference-mode tensors
-            if isinstance(getattr(m, "_grids", None), dict):
-                m._grids = {}
+        for m in tuned.modules():  # per-shape caches may hold inference-mode tensors (the copy's own dicts)
+            grids = getattr(m, "_grids", None)
+            if isinstance(grids, dict):
+                grids.clear()
         tuned.requires_grad_(False)
         params = [p for n, p in tuned.named_parameters() if n.startswith("dec.")]
         for p in params:

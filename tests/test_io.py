@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FACES, needs_faces
 from PIL import Image
 
 from fixtalk import io
 from fixtalk.errors import InputError
 from fixtalk.io import VideoReader, VideoWriter, load_image, open_frames, probe
 
-# Research-use test data: read in place, never copied into the repo.
-FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
-needs_faces = pytest.mark.skipif(not FACES.is_dir(), reason=f"test data not found at {FACES}")
 CLIP_30FPS = "videos/styletalk__furious_talk2_clip1.mp4"  # 2.0 s, 30 fps, 256x256 (manifest.csv)
 CLIP_AUDIO = "videos/eamm__disgusted.mp4"  # 8.1 s, 25 fps, with audio
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
-import os
 import sys
 import types
 from pathlib import Path
@@ -13,17 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FACES, needs_dlib, needs_faces
 
 from fixtalk import metrics as M
 from fixtalk.metrics import emotion, fid, identity, sync
 from fixtalk.metrics._assets import package_file
 
 niqe = importlib.import_module("fixtalk.metrics.niqe")   # `fixtalk.metrics.niqe` is also the function
-
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("FIXTALK_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
-needs_faces = pytest.mark.skipif(not (FACES / "manifest.csv").is_file(),
-                                 reason=f"dev faces not found at {FACES} (set FIXTALK_FACES_DIR)")
 
 
 def _image(name: str) -> np.ndarray:
@@ -129,14 +124,18 @@ def test_niqe_matches_basicsr(monkeypatch: pytest.MonkeyPatch, portrait: np.ndar
     np.testing.assert_allclose(niqe.imresize(x, 0.5), matlab_resize(x, 0.5), atol=1e-5)
 
 
-def test_niqe_missing_params(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_niqe_missing_params(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     niqe.pristine_params.cache_clear()
-    monkeypatch.setattr(sys, "path", [])
+    monkeypatch.setattr(sys, "path", [])                       # no installed basicsr
+    monkeypatch.setenv("FIXTALK_ASSETS_DIR", str(tmp_path))    # and no extracted copy
     try:
-        with pytest.raises(M.MetricUnavailable, match=r"pip install --no-deps basicsr==1\.4\.2"):
+        with pytest.raises(M.MetricUnavailable) as err:
             M.niqe(np.zeros((192, 192), np.uint8))
     finally:
         niqe.pristine_params.cache_clear()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("NIQE unavailable: basicsr/metrics/niqe_pris_params.npz")
+    assert "python -m fixtalk.datafiles" in message and "pip install --no-deps basicsr==1.4.2" in message
 
 
 # -- CPBD --------------------------------------------------------------------------------------------------
@@ -151,6 +150,7 @@ def test_cpbd_lower_after_blur(portrait: np.ndarray) -> None:
 # -- CSIM-dlib ---------------------------------------------------------------------------------------------
 
 @needs_faces
+@needs_dlib
 def test_csim_same_person_above_different_person() -> None:
     same_video = "dreamtalk__M030_front_neutral_level1_001.mp4"
     other_video = "dreamtalk__W009_front_neutral_level1_001.mp4"
@@ -166,6 +166,7 @@ def test_csim_same_person_above_different_person() -> None:
     assert (result.n_frames, result.n_skipped) == (1, 1) and result.value == pytest.approx(same)
 
 
+@needs_dlib
 def test_no_face_gives_none() -> None:
     blank = np.full((120, 120, 3), 127, np.uint8)
     assert M.identity_embedding(blank) is None
@@ -195,6 +196,7 @@ def test_lmd_known_values() -> None:
 
 
 @needs_faces
+@needs_dlib
 def test_landmarks_on_dev_frame(portrait: np.ndarray) -> None:
     lm = M.face_landmarks(portrait)
     assert lm is not None and lm.shape == (68, 2)

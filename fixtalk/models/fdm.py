@@ -15,6 +15,7 @@ In eval mode Q is computed once and cached; training recomputes it every step. T
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,7 +97,7 @@ class MotionNet(nn.Module):
         self._q_cache = None  # the banks may change (training, or a new state dict) -> recompute
         return super().train(mode)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._q_cache = None
         super()._load_from_state_dict(*args, **kwargs)
 

@@ -17,6 +17,8 @@ noise weights and EEM's dead conv1/norm1 branch exist as parameters but are neve
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -184,6 +186,7 @@ class Synthesis(nn.Module):
             self.to_rgbs.append(ToRGB(ch(res)))
             self.to_flows.append(ToFlow(ch(res), d))
             in_ch = ch(res)
+        self.fineadainresblock: nn.ModuleList | None
         if cfg.has_expression:
             self.fineadainresblock = nn.ModuleList(
                 [EEM(ch(res), d, cfg.eem_hidden) for res in cfg.map_resolutions])
@@ -196,7 +199,7 @@ class Synthesis(nn.Module):
         """Per-source EEM precomputation (None for the level `skip`, whose map changes per frame)."""
         if self.fineadainresblock is None:
             return None
-        blocks = self.fineadainresblock
+        blocks = cast("list[EEM]", list(self.fineadainresblock))  # a ModuleList yields nn.Module
         return [None if k == skip else blk.precompute(f) for k, (blk, f) in enumerate(zip(blocks, feats))]
 
     def forward(self, latent: torch.Tensor, feats: list[torch.Tensor],

@@ -50,6 +50,8 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
 class Blur(nn.Module):
     """Depthwise FIR low-pass used around strided convs; `kernel` is a buffer (it is in checkpoints)."""
 
+    kernel: torch.Tensor
+
     def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1) -> None:
         super().__init__()
         k = make_kernel(kernel)
@@ -64,6 +66,8 @@ class Blur(nn.Module):
 
 class Upsample(nn.Module):
     """x2 FIR upsampling of the RGB / flow skip connections."""
+
+    kernel: torch.Tensor
 
     def __init__(self, kernel: Sequence[float] = BLUR_KERNEL, factor: int = 2) -> None:
         super().__init__()

@@ -225,7 +225,7 @@ class EpochSampler(DistributedSampler):
         self.skip = 0
 
     def __iter__(self) -> Iterator[int]:
-        base = self.epoch * len(self.dataset)  # type: ignore[arg-type]
+        base = self.epoch * len(self.dataset)  # type: ignore[arg-type]  # torch types it Dataset (no __len__)
         return iter([base + i for i in list(super().__iter__())[self.skip:]])
 
     def __len__(self) -> int:

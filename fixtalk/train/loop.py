@@ -298,7 +298,7 @@ def _train(opts: TrainOptions, env: DistEnv, dry_run: bool) -> int:
                 d.requires_grad_(True)
                 with autocast():
                     dl, d_logs = d_run(real.detach(), fake.detach())
-                opt_d.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+                opt_d.zero_grad(set_to_none=True)  # type: ignore[union-attr]  # d_step: opt_d exists
                 dl.backward()
             elapsed = elapsed0 + time.monotonic() - t0
             flags = torch.tensor([float(not torch.isfinite(loss.detach()).item()), float(signals.hit),
@@ -313,7 +313,7 @@ def _train(opts: TrainOptions, env: DistEnv, dry_run: bool) -> int:
             else:
                 opt_g.step()
                 if d_step:
-                    opt_d.step()  # type: ignore[union-attr]
+                    opt_d.step()  # type: ignore[union-attr]  # d_step: opt_d exists
             step += 1
             bar.update()
             for k, v in {**logs, **d_logs}.items():

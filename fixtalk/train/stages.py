@@ -39,7 +39,8 @@ StepOutput = tuple[Tensor, dict[str, Tensor], Tensor | None, Tensor | None, list
 
 
 def _cat_motion(parts: list[Motion]) -> Motion:
-    exp = None if any(p.exp is None for p in parts) else torch.cat([p.exp for p in parts])  # type: ignore[misc]
+    exps = [p.exp for p in parts if p.exp is not None]
+    exp = torch.cat(exps) if len(exps) == len(parts) else None
     return Motion(torch.cat([p.lip for p in parts]), torch.cat([p.pose for p in parts]), exp)
 
 
@@ -136,7 +137,7 @@ class StageLosses(nn.Module):
         lat = sum(L.latent_consistency(c.float(), s.float()) for c, s in
                   ((cross_a.lip, self_a.lip), (cross_a.pose, self_a.pose),
                    (cross_b.lip, self_b.lip), (cross_b.pose, self_b.pose)))
-        logs["latent_consistency"] = lat.detach()  # type: ignore[union-attr]
+        logs["latent_consistency"] = lat.detach()  # type: ignore[union-attr]  # sum() of tensors is a tensor
         total = total + self.w.latent_consistency * lat + self._dis(out.z_s, out.z_d, logs)
         logs["total"] = total.detach()
         return total, logs, torch.cat([a, b]), torch.cat([img_ca, img_cb]), [a_id, a, b_am, img_ca, b_id, b, a_bm,
