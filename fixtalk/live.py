@@ -121,15 +121,16 @@ def summary(latencies: list[float], timings: dict[str, list[float]], wall: float
 
 
 def _live(args: argparse.Namespace) -> int:
-    from fixtalk.pipeline import FPS, Pipeline, check_one_motion
+    from fixtalk.driving import check_one_motion, parse_factors, require_audio
+    from fixtalk.pipeline import FPS, Pipeline
     from fixtalk.stream import SAMPLES_PER_FRAME, Stream
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="fixtalk: %(message)s")
     if args.output and not args.output.lower().endswith((".mp4", ".mov", ".mkv")):
         raise InputError(args.output, "output must be a video file (.mp4, .mov or .mkv)")
     mouth = args.mouth or ("audio" if args.audio else "driver")
-    if mouth == "audio" and not args.audio:
-        raise InputError(None, "--mouth audio needs --audio FILE")
+    require_audio(mouth, args.audio)
+    parse_factors(mouth, args.pose, args.expression, stream=True)  # bad specs fail before any file is read
     options = RuntimeOptions.from_args(args)  # bad runtime flags fail before any file is read
     check_tune(args)
     camera = args.driving.isdigit() and not Path(args.driving).exists()

@@ -31,8 +31,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fixtalk.checkpoint import EMOTIONS, Bundle, load_bundle, load_expression_npy
-from fixtalk.config import ModelConfig
+from fixtalk.checkpoint import Bundle, load_bundle, load_expression_npy
+from fixtalk.driving import (
+    FactorSpec,
+    check_expression,
+    check_one_motion,
+    check_strength,
+    mix_motion,
+    parse_factors,
+    predict_weights,
+    relative,
+    require_audio,
+)
 from fixtalk.errors import InputError
 from fixtalk.models.fdm import Motion
 from fixtalk.models.fixtalk import FixTalk, SourceState
@@ -47,7 +57,6 @@ SHIPPED = Path(__file__).resolve().parent / "assets" / "model"
 # dlib's tracker fits a face-shaped set of landmarks to anything, even a blank frame; an aligned crop
 # with less contrast than this (std of the 0..255 levels: a black, grey or faded-out frame) holds no face.
 FLAT_CROP_STD = 2.0
-_NAMES = {"lip": "mouth", "pose": "pose", "exp": "expression"}
 MOTION_MODES = ("auto", "relative", "absolute")
 
 
@@ -122,52 +131,6 @@ def to_tensor(crop: np.ndarray) -> torch.Tensor:
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """Bx3xHxW in [-1, 1] -> BxHxWx3 uint8 by the fixed map (x + 1) * 127.5 (never per-clip min-max)."""
     return img.float().add(1).mul(127.5).round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def is_emotion(spec: str) -> bool:
-    return not Path(spec).suffix and spec.lower() in EMOTIONS
-
-
-def check_factor(spec: str, factor: str) -> None:
-    """Cheap checks of one factor spec before any model work; InputError naming the file or the value."""
-    name = _NAMES[factor]
-    if spec == "source" or (spec == "audio" and factor == "lip"):
-        return
-    if spec == "audio":
-        raise InputError(None, f"'audio' can drive the mouth only, not the {name}")
-    if factor == "exp" and is_emotion(spec):
-        return
-    if Path(spec).exists():
-        if Path(spec).is_dir():
-            raise InputError(spec, "is a directory, expected a video or image file")
-        return
-    if factor == "exp" and not Path(spec).suffix and "/" not in spec and "\\" not in spec:
-        raise InputError(None, f"unknown expression {spec!r}: expected an emotion ({', '.join(EMOTIONS)}), "
-                               "'source', an EDTalk .npy, or a video/image path")
-    extra = {"lip": ", 'audio'", "pose": "", "exp": f", an emotion ({', '.join(EMOTIONS)})"}[factor]
-    raise InputError(spec, f"file not found (the {name} takes a video or image path, 'source'{extra})")
-
-
-def check_one_motion(cfg: ModelConfig, mouth: str, pose: str, expression: str | None) -> None:
-    """A LIA model has one motion: mouth, pose and expression from one driver (expression None follows it)."""
-    if cfg.decoupled:
-        return
-    if mouth == "audio":
-        raise InputError(None, "a LIA model has one motion and no Audio2Lip, so audio cannot drive it; "
-                               "drive it with one video (--driving)")
-    given = {"mouth": mouth, "pose": pose, **({"expression": expression} if expression is not None else {})}
-    same = {str(Path(v).resolve()) if Path(v).exists() else v for v in given.values()}
-    if len(same) > 1:
-        named = ", ".join(f"{k} {v!r}" for k, v in given.items())
-        raise InputError(None, f"a LIA model has one motion, so mouth, pose and expression cannot come from "
-                               f"different sources ({named}); drive it with one video (--driving)")
-
-
-def check_strength(cfg: ModelConfig, strength: Sequence[float]) -> None:
-    """A LIA model's one motion is scaled by the mouth strength; other strengths would be silently ignored."""
-    if not cfg.decoupled and tuple(strength[1:]) != (1, 1):
-        raise InputError(None, "a LIA model has one motion: scale it with the mouth strength "
-                               "(--mouth-strength); the pose and expression strengths must stay 1")
 
 
 class Pipeline:
@@ -326,37 +289,33 @@ class Pipeline:
         lip = smooth_lip_weights(torch.cat(out))
         return (lip, wav) if max_frames is None else (lip[:max_frames], wav[:max_frames * 16000 // FPS])
 
-    def _factor(self, spec: str, factor: str, src: PreparedSource, cache: dict, side_by_side: bool,
+    def _factor(self, spec: FactorSpec, src: PreparedSource, cache: dict, side_by_side: bool,
                 audio: str | Path | None, max_frames: int | None = None) -> FactorTrack:
-        """Bank weights of one factor from its spec (path, 'source', 'audio', emotion, .npy; see check_factor)."""
-        own: torch.Tensor = getattr(src.state.motion, factor).float().cpu()  # Motion.lip / .pose / .exp
-        if spec == "source":
+        """Bank weights of one factor from its parsed spec (fixtalk.driving)."""
+        own: torch.Tensor = getattr(src.state.motion, spec.factor).float().cpu()  # Motion.lip / .pose / .exp
+        if spec.kind == "source":
             return FactorTrack(own, "source")
-        if spec == "audio":
-            if audio is None:
-                raise InputError(None, "--mouth audio needs --audio FILE")
+        if spec.kind == "audio":
+            assert audio is not None  # parse_factors checked it
             if "audio" not in cache:
                 cache["audio"] = self.audio_lip(audio, max_frames)
             return FactorTrack(cache["audio"][0], "audio")
-        if factor == "exp" and is_emotion(spec):
+        if spec.kind == "emotion":
             presets = self.bundle.expression_presets
-            if spec.lower() not in presets:
-                raise InputError(self.bundle.path, f"this checkpoint has no '{spec}' preset "
+            if spec.value not in presets:
+                raise InputError(self.bundle.path, f"this checkpoint has no '{spec.value}' preset "
                                                    f"(it has: {', '.join(sorted(presets)) or 'none'})")
-            return FactorTrack(torch.from_numpy(presets[spec.lower()]).float(), spec.lower())
-        if factor == "exp" and spec.lower().endswith(".npy"):
-            return FactorTrack(torch.from_numpy(load_expression_npy(spec, self.cfg.exp_dim)), Path(spec).name)
-        p = Path(spec)
-        key = str(p.resolve())
+            return FactorTrack(torch.from_numpy(presets[spec.value]).float(), spec.label)
+        if spec.kind == "npy":
+            return FactorTrack(torch.from_numpy(load_expression_npy(spec.value, self.cfg.exp_dim)), spec.label)
+        key = str(Path(spec.value).resolve())
         if key not in cache:
-            cache[key] = self.video_features(p, max_frames=max_frames, thumbs=side_by_side)
+            cache[key] = self.video_features(Path(spec.value), max_frames=max_frames, thumbs=side_by_side)
         feats, thumbs = cache[key]
-        with torch.no_grad():
-            w = torch.cat([self.model.fdm.head(factor, f.to(self.runtime.device)).float().cpu()
-                           for f in feats.split(256)])
+        w = predict_weights(self.runtime, self.model, feats, [spec.factor])[spec.factor]
         if self.relative:  # the driver's motion since its first frame, on the source's own (Motion.relative)
-            w = w - w[:1] + own
-        return FactorTrack(w, p.name, thumbs)
+            w = relative(w, w[:1], own)
+        return FactorTrack(w, spec.label, thumbs)
 
     def drive(self, src: PreparedSource, mouth: str = "source", pose: str = "source",
               expression: str | None = None, audio: str | Path | None = None,
@@ -365,17 +324,16 @@ class Pipeline:
         mouth driver's, else the first video among pose/expression (1 when only stills drive), at most
         `max_frames` (drivers are then read only that far). expression None: 'source', or for a LIA model
         (one motion) whatever drives the mouth and pose."""
-        if self.cfg.decoupled and not self.cfg.has_expression and expression not in (None, "source"):
-            raise InputError(self.bundle.path, "this checkpoint has no expression module (lip/pose model)")
+        check_expression(self.cfg, expression, self.bundle.path)
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-        for spec, factor in ((mouth, "lip"), (pose, "pose"), (expression or "source", "exp")):
-            check_factor(spec, factor)  # every spec before any decoding
+        specs = parse_factors(mouth, pose, expression)  # every spec before any decoding
         check_one_motion(self.cfg, mouth, pose, expression)
+        require_audio(mouth, audio)
         cache: dict = {}
-        lip = self._factor(mouth, "lip", src, cache, side_by_side, audio, max_frames)
-        pos = self._factor(pose, "pose", src, cache, side_by_side, audio, max_frames)
-        exp = self._factor(expression or "source", "exp", src, cache, side_by_side, audio, max_frames) \
+        lip = self._factor(specs["lip"], src, cache, side_by_side, audio, max_frames)
+        pos = self._factor(specs["pose"], src, cache, side_by_side, audio, max_frames)
+        exp = self._factor(specs["exp"], src, cache, side_by_side, audio, max_frames) \
             if self.cfg.has_expression else None
         tracks = [t for t in (lip, pos, exp) if t is not None]
         length = next((t.weights.shape[0] for t in tracks if t.label != "source" and t.weights.shape[0] > 1),
@@ -396,23 +354,20 @@ class Pipeline:
     # --- rendering ----------------------------------------------------------------------------------
     def motions(self, src: PreparedSource, drive: Drive, strength: tuple[float, float, float] = (1, 1, 1)
                 ) -> Iterator[tuple[int, Motion]]:
-        """Batches of bank weights; strength s mixes around the source: own + s * (driver - own)."""
+        """Batches of bank weights, mixed around the source by `strength` (fixtalk.driving.mix)."""
         check_strength(self.cfg, strength)
         own = src.state.motion
+        base = Motion(own.lip.float(), own.pose.float(), None if own.exp is None else own.exp.float())
 
-        def pick(track: FactorTrack, idx: list[int], s: float, base: torch.Tensor) -> torch.Tensor:
+        def pick(track: FactorTrack, idx: list[int]) -> torch.Tensor:
             n = track.weights.shape[0]
-            w = track.weights[[pingpong(i, n) for i in idx]].to(self.runtime.device)
-            return base + s * (w - base)
+            return track.weights[[pingpong(i, n) for i in idx]].to(self.runtime.device)
 
         for start in range(0, drive.frames, self.batch_size):
             idx = list(range(start, min(start + self.batch_size, drive.frames)))
-            lip = pick(drive.lip, idx, strength[0], own.lip.float())
-            pose = pick(drive.pose, idx, strength[1], own.pose.float())
-            exp = None
-            if drive.exp is not None and own.exp is not None:
-                exp = pick(drive.exp, idx, strength[2], own.exp.float())
-            yield start, Motion(lip, pose, exp)
+            driven = Motion(pick(drive.lip, idx), pick(drive.pose, idx),
+                            None if drive.exp is None else pick(drive.exp, idx))
+            yield start, mix_motion(base, driven, strength)
 
     def frames(self, src: PreparedSource, drive: Drive, strength: tuple[float, float, float] = (1, 1, 1),
                paste_back: bool = True, side_by_side: bool = False) -> Iterator[np.ndarray]:

@@ -109,9 +109,10 @@ def check_audio(path: str) -> None:
 
 
 def _animate(args: argparse.Namespace) -> int:
+    from fixtalk.driving import check_one_motion, check_strength, parse_factors, require_audio
     from fixtalk.io import load_image
     from fixtalk.options import RuntimeOptions
-    from fixtalk.pipeline import Pipeline, check_factor, check_one_motion, check_strength
+    from fixtalk.pipeline import Pipeline
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="fixtalk: %(message)s")
     # Everything cheap is checked before the model loads, so bad input fails in a fraction of a second.
@@ -124,10 +125,8 @@ def _animate(args: argparse.Namespace) -> int:
     mouth = args.mouth or ("audio" if args.audio else args.driving) or "source"
     pose = args.pose or args.driving or "source"
     expression = args.expression or args.driving  # None: 'source' (or, for a LIA model, the one motion's driver)
-    if mouth == "audio" and not args.audio:
-        raise InputError(None, "--mouth audio needs --audio FILE")
-    for value, factor in ((mouth, "lip"), (pose, "pose"), (expression or "source", "exp")):
-        check_factor(value, factor)
+    require_audio(mouth, args.audio)
+    parse_factors(mouth, pose, expression)
     if args.audio:
         check_audio(args.audio)
     image = load_image(args.source)

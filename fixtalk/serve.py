@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fixtalk.config import EMOTIONS
+from fixtalk.driving import FACTORS, NAMES
+from fixtalk.driving import choices as factor_choices
 from fixtalk.errors import InputError
 from fixtalk.options import RuntimeOptions, add_runtime_args
 
@@ -77,15 +78,11 @@ class WebApp:
     def choices(self) -> dict[str, list[str]]:
         """What each factor can follow with this checkpoint (no audio without Audio2Lip, presets it has)."""
         bundle = getattr(self.pipe, "bundle", None)
-        if bundle is not None and not bundle.model.cfg.decoupled:
-            one = [VIDEO, VIDEO2]  # a LIA model has one motion: all three follow the same video
-            return {"mouth": one, "pose": one, "expression": one}
-        has_a2l = getattr(bundle, "audio2lip", None) is not None
-        has_exp = bundle is None or bundle.model.cfg.has_expression
-        presets = [e for e in EMOTIONS if e in getattr(bundle, "expression_presets", {})]
-        return {"mouth": [VIDEO, VIDEO2, *([AUDIO] if has_a2l else []), SOURCE],
-                "pose": [VIDEO, VIDEO2, SOURCE],
-                "expression": [VIDEO, VIDEO2, SOURCE, *presets] if has_exp else [SOURCE]}
+        cfg = None if bundle is None else bundle.model.cfg
+        kinds = factor_choices(cfg, getattr(bundle, "audio2lip", None) is not None,
+                               list(getattr(bundle, "expression_presets", {})))
+        labels = {"video": [VIDEO, VIDEO2], "audio": [AUDIO], "source": [SOURCE]}
+        return {NAMES[f]: [x for k in kinds[f] for x in labels.get(k, [k])] for f in FACTORS}
 
     def render(self, portrait: str | None, video: str | None, video2: str | None, audio: str | None,
                mouth: str, pose: str, expression: str, mouth_strength: float, pose_strength: float,

@@ -40,25 +40,23 @@ import numpy as np
 import torch
 
 from fixtalk.audio import SAMPLE_RATE, melspectrogram
-from fixtalk.checkpoint import EMOTIONS
+from fixtalk.driving import (
+    FACTORS,
+    check_expression,
+    check_one_motion,
+    check_strength,
+    mix_motion,
+    parse_factors,
+    predict_weights,
+    relative,
+)
 from fixtalk.errors import InputError
 from fixtalk.models.audio2lip import smooth_lip_weights
 from fixtalk.models.fdm import Motion
-from fixtalk.pipeline import (
-    FLAT_CROP_STD,
-    FPS,
-    Pipeline,
-    PreparedSource,
-    check_one_motion,
-    check_strength,
-    pingpong,
-    to_tensor,
-    to_uint8,
-)
+from fixtalk.pipeline import FLAT_CROP_STD, FPS, Pipeline, PreparedSource, pingpong, to_tensor, to_uint8
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 samples = 40 ms = 3.2 mel frames of 200 samples
 MEL_HOP, MEL_HALF = 200, 400            # STFT hop and half window (centred frames) of fixtalk.audio
-FACTORS = ("lip", "pose", "exp")
 
 
 def _mel_start(i: int) -> int:
@@ -115,39 +113,32 @@ class Stream:
             raise ValueError("strength needs three values: mouth, pose, expression")
         check_one_motion(pipe.cfg, mouth, pose, expression)
         check_strength(pipe.cfg, self.strength)
+        check_expression(pipe.cfg, expression, pipe.bundle.path)
         has_exp = pipe.cfg.has_expression and src.state.motion.exp is not None
-        if pipe.cfg.decoupled and not pipe.cfg.has_expression and expression not in (None, "source"):
-            raise InputError(pipe.bundle.path, "this checkpoint has no expression module (lip/pose model)")
-        self.modes = {"lip": mouth, "pose": pose, "exp": (expression or "source") if has_exp else "none"}
+        specs = parse_factors(mouth, pose, expression, stream=True)
+        self.modes = {f: spec.kind if f != "exp" or has_exp else "none" for f, spec in specs.items()}
         dev = pipe.runtime.device
         own = src.state.motion
-        self._base = {"lip": own.lip.float().to(dev), "pose": own.pose.float().to(dev),
-                      "exp": own.exp.float().to(dev) if has_exp and own.exp is not None else None}
-        self._hold = {f: None if b is None else b.cpu() for f, b in self._base.items()}  # "no face yet"
+        self._base = Motion(own.lip.float().to(dev), own.pose.float().to(dev),
+                            own.exp.float().to(dev) if has_exp and own.exp is not None else None)
+        self._hold = {f: None if b is None else b.cpu()  # "no face yet": the portrait's own
+                      for f, b in zip(FACTORS, (self._base.lip, self._base.pose, self._base.exp))}
         self._const: dict[str, torch.Tensor] = {}  # factor -> 1 x n weights held for every frame
         for f, mode in self.modes.items():
-            if mode == "none":
-                continue
             if mode == "source":
-                self._const[f] = self._base[f]  # type: ignore[assignment]  # None only in mode "none"
+                self._const[f] = getattr(self._base, f)
             elif mode == "audio":
-                if f != "lip":
-                    raise InputError(None, f"'audio' can drive the mouth only, not the {_NAMES[f]}")
                 if pipe.audio2lip is None:
                     raise InputError(pipe.bundle.path, "this checkpoint has no Audio2Lip, so 'audio' cannot "
                                                        "drive the mouth")
                 if fps != FPS:
                     raise ValueError(f"audio-driven streams run at {FPS} fps (Audio2Lip's rate), got fps={fps}")
-            elif mode != "driver":
-                if f != "exp" or mode.lower() not in EMOTIONS:
-                    choices = "'driver', 'source'" + (", 'audio'" if f == "lip" else "") + \
-                              (f" or an emotion ({', '.join(EMOTIONS)})" if f == "exp" else "")
-                    raise InputError(None, f"{_NAMES[f]} source {mode!r}: expected {choices}")
-                presets = pipe.bundle.expression_presets
-                if mode.lower() not in presets:
-                    raise InputError(pipe.bundle.path, f"this checkpoint has no '{mode}' preset "
+            elif mode == "emotion":
+                presets, name = pipe.bundle.expression_presets, specs[f].value
+                if name not in presets:
+                    raise InputError(pipe.bundle.path, f"this checkpoint has no '{name}' preset "
                                                        f"(it has: {', '.join(sorted(presets)) or 'none'})")
-                self._const[f] = torch.from_numpy(presets[mode.lower()]).float().to(dev)
+                self._const[f] = torch.from_numpy(presets[name]).float().to(dev)
         self._video = [f for f, m in self.modes.items() if m == "driver"]
         self._audio_on = mouth == "audio"
         if not self._video and not self._audio_on:
@@ -228,14 +219,11 @@ class Stream:
             for f in self._video:
                 self._drv[f].append(held[f])  # type: ignore[arg-type]  # None only in mode "none"
             return
-        x = to_tensor(c)
-        feat = pipe.runtime.run(pipe.model.driving_features, x).float().cpu()
-        # The factor heads on the motion feature, exactly as Pipeline._factor does for a video.
-        with torch.no_grad():
-            w = {f: pipe.model.fdm.head(f, feat.to(pipe.runtime.device)).float().cpu() for f in self._video}
+        feat = pipe.runtime.run(pipe.model.driving_features, to_tensor(c)).float().cpu()
+        w = predict_weights(pipe.runtime, pipe.model, feat, self._video)  # as Pipeline._factor for a video
         if pipe.relative:  # the driver's motion since its first face, on the portrait's own (Motion.relative)
             self._start = self._start or w
-            w = {f: w[f] - self._start[f] + self._hold[f] for f in w}  # type: ignore[operator]  # streamed: not None
+            w = {f: relative(w[f], self._start[f], self._hold[f]) for f in w}  # type: ignore[arg-type]  # streamed: not None
         self._last = w
         for f in self._video:
             self._drv[f].append(self._last[f])
@@ -350,14 +338,12 @@ class Stream:
         pipe = self.pipe
         while self._next < stop:
             idx = list(range(self._next, min(self._next + pipe.batch_size, stop)))
-            mixed = {}
-            for f, s in zip(FACTORS, self.strength):
-                base = self._base[f]
-                if base is not None:
-                    mixed[f] = base + s * (self._weights(f, idx) - base)  # own + s * (driver - own)
+            exp = None if self._base.exp is None else self._weights("exp", idx)
+            mixed = mix_motion(self._base, Motion(self._weights("lip", idx), self._weights("pose", idx), exp),
+                               self.strength)
             t0 = time.perf_counter()
             model = self.src.model or pipe.model  # the generator tuned on this source (--tune) if any
-            img = pipe.runtime.run(model.render, self.src.state, Motion(mixed["lip"], mixed["pose"], mixed.get("exp")))
+            img = pipe.runtime.run(model.render, self.src.state, mixed)
             faces = to_uint8(img)
             t1 = time.perf_counter()
             for face in faces:
@@ -370,5 +356,3 @@ class Stream:
             self._forget()
         return out
 
-
-_NAMES = {"lip": "mouth", "pose": "pose", "exp": "expression"}
