@@ -26,6 +26,7 @@ from fixtalk.config import EMOTIONS, ModelConfig
 from fixtalk.errors import InputError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from fixtalk.models.fdm import Motion
@@ -49,6 +50,34 @@ class FactorSpec:
     def label(self) -> str:
         """How the source is named in logs and side-by-side panels."""
         return Path(self.value).name if self.kind in ("video", "npy") else self.value
+
+
+@dataclass
+class FactorTrack:
+    """Per-frame motion for one factor: bank weights (T x n) before strength scaling."""
+
+    weights: torch.Tensor
+    label: str
+    thumbs: Sequence[np.ndarray] | None = None  # small driver crops (T of them), only for --side-by-side
+
+
+@dataclass
+class Drive:
+    lip: FactorTrack
+    pose: FactorTrack
+    exp: FactorTrack | None
+    frames: int
+    audio: str | None = None           # file whose audio track is muxed
+    audio_samples: np.ndarray | None = None  # 16 kHz mono, muxed when `audio` cannot be read by FFmpeg
+
+
+def pingpong(i: int, n: int) -> int:
+    """Frame index i of an output longer than a driver of n frames: 0..n-1, n-2..1, 0.. (no repeats)."""
+    if n <= 1:
+        return 0
+    period = 2 * (n - 1)
+    k = i % period
+    return k if k < n else period - k
 
 
 def is_emotion(spec: str) -> bool:

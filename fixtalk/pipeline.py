@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from fixtalk.checkpoint import Bundle, load_bundle, load_expression_npy
+from fixtalk.driving import Drive as Drive  # re-exported: the Drive/FactorTrack a Pipeline returns
 from fixtalk.driving import (
     FactorSpec,
     check_expression,
@@ -43,6 +44,8 @@ from fixtalk.driving import (
     relative,
     require_audio,
 )
+from fixtalk.driving import FactorTrack as FactorTrack
+from fixtalk.driving import pingpong as pingpong
 from fixtalk.errors import InputError
 from fixtalk.models.fdm import Motion
 from fixtalk.models.fixtalk import FixTalk, SourceState
@@ -72,25 +75,6 @@ class PreparedSource:
     model: FixTalk | None = None  # the generator tuned on this source (--tune), else None: the pipeline's
 
 
-@dataclass
-class FactorTrack:
-    """Per-frame motion for one factor: bank weights (T x n) before strength scaling."""
-
-    weights: torch.Tensor
-    label: str
-    thumbs: Sequence[np.ndarray] | None = None  # small driver crops (T of them), only for --side-by-side
-
-
-@dataclass
-class Drive:
-    lip: FactorTrack
-    pose: FactorTrack
-    exp: FactorTrack | None
-    frames: int
-    audio: str | None = None           # file whose audio track is muxed
-    audio_samples: np.ndarray | None = None  # 16 kHz mono, muxed when `audio` cannot be read by FFmpeg
-
-
 class Thumbs(Sequence[np.ndarray]):
     """Small RGB driver crops for --side-by-side, one per driver frame, kept as JPEG (~5 KB each);
     faceless frames share the previous face's (`slot`: driver frame -> stored crop)."""
@@ -112,15 +96,6 @@ class Thumbs(Sequence[np.ndarray]):
 
         bgr = cv2.imdecode(np.frombuffer(self.jpeg[self.slot[i]], np.uint8), cv2.IMREAD_COLOR)
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # type: ignore[arg-type]  # our own JPEG: never None
-
-
-def pingpong(i: int, n: int) -> int:
-    """Frame index i of an output longer than a driver of n frames: 0..n-1, n-2..1, 0.. (no repeats)."""
-    if n <= 1:
-        return 0
-    period = 2 * (n - 1)
-    k = i % period
-    return k if k < n else period - k
 
 
 def to_tensor(crop: np.ndarray) -> torch.Tensor:

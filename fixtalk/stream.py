@@ -47,13 +47,14 @@ from fixtalk.driving import (
     check_strength,
     mix_motion,
     parse_factors,
+    pingpong,
     predict_weights,
     relative,
 )
 from fixtalk.errors import InputError
 from fixtalk.models.audio2lip import smooth_lip_weights
 from fixtalk.models.fdm import Motion
-from fixtalk.pipeline import FLAT_CROP_STD, FPS, Pipeline, PreparedSource, pingpong, to_tensor, to_uint8
+from fixtalk.pipeline import FLAT_CROP_STD, FPS, Pipeline, PreparedSource, to_tensor, to_uint8
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 samples = 40 ms = 3.2 mel frames of 200 samples
 MEL_HOP, MEL_HALF = 200, 400            # STFT hop and half window (centred frames) of fixtalk.audio
