@@ -471,6 +471,15 @@ class ProbeInfo:
     audio_duration: float | None
 
 
+def has_audio(path: PathLike) -> bool:
+    """Whether a media file has an audio track; False for anything PyAV cannot open."""
+    try:
+        with av.open(str(path)) as c:
+            return bool(c.streams.audio)
+    except Exception:
+        return False
+
+
 def probe(path: PathLike) -> ProbeInfo:
     """Inspect a video file without decoding it (used by tests and sanity checks)."""
     path = Path(path)
