@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fixtalk.config import FPS, SAMPLES_PER_FRAME
 from fixtalk.errors import InputError
 from fixtalk.naming import (
     ManifestEntry,
@@ -47,12 +48,11 @@ from fixtalk.naming import (
     paired_audio,
     read_manifest,
 )
-from fixtalk.train.clipstore import FPS, save_npz, write_clip, write_json, write_manifest
+from fixtalk.train.clipstore import save_npz, write_clip, write_json, write_manifest
 
 if TYPE_CHECKING:  # imported lazily at run time: workers pay for cv2/dlib/PyAV only when they process clips
     from fixtalk.io import VideoReader
 
-SAMPLES_PER_FRAME = 640            # 16 kHz / 25 fps
 MAX_GAP = 5                        # faceless frames a tube may bridge (their landmarks stay NaN)
 TUBE_IOU = 0.25                    # FOMM: a box joins the tube when IoU with the tube's first box > 0.25
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg"}

@@ -25,6 +25,8 @@ import torch
 from scipy.signal import medfilt
 from torch import nn
 
+from fixtalk.config import SAMPLE_RATE, SAMPLES_PER_FRAME
+
 from ._assets import MetricUnavailable, user_file
 
 SYNCNET_FILE = "syncnet_v2.model"
@@ -141,14 +143,14 @@ def _mfcc(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return python_speech_features.mfcc(a.astype(np.float64), sample_rate).T   # 13 x T (100 Hz)
 
 
-def sync_scores(model: SyncNet, faces: np.ndarray, audio: np.ndarray, sample_rate: int = 16000,
+def sync_scores(model: SyncNet, faces: np.ndarray, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
                 vshift: int = 15, batch_size: int = 20, rgb: bool = True) -> SyncScores:
     """Sync scores of a 25 fps face track and its 16 kHz mono audio, as SyncNetInstance.evaluate.
 
     faces: (T, 224, 224, 3) uint8 crops (see `syncnet_crop`), RGB unless rgb=False (then BGR as cv2).
     audio: int16 samples, or floats in [-1, 1].
     """
-    if sample_rate != 16000:
+    if sample_rate != SAMPLE_RATE:
         raise ValueError("SyncNet expects 16 kHz audio; resample first")
     frames = np.asarray(faces)
     if frames.ndim != 4 or frames.shape[1:] != (224, 224, 3):
@@ -157,7 +159,7 @@ def sync_scores(model: SyncNet, faces: np.ndarray, audio: np.ndarray, sample_rat
         frames = frames[..., ::-1]
     video = torch.from_numpy(np.ascontiguousarray(frames.transpose(3, 0, 1, 2))).float()[None]  # 1x3xTxHxW
     mfcc = torch.from_numpy(_mfcc(audio, sample_rate)).float()[None, None]                    # 1x1x13xA
-    n = min(len(frames), len(np.asarray(audio)) // 640) - 5
+    n = min(len(frames), len(np.asarray(audio)) // SAMPLES_PER_FRAME) - 5
     if n < 1:
         raise ValueError("need at least 6 frames of video and audio")
     im_feat, cc_feat = [], []
