@@ -26,6 +26,7 @@ from scipy.signal import medfilt
 from torch import nn
 
 from fixtalk.config import SAMPLE_RATE, SAMPLES_PER_FRAME
+from fixtalk.weights import read_weights
 
 from ._assets import MetricUnavailable, user_file
 
@@ -82,8 +83,8 @@ def load_syncnet(weights: str | os.PathLike[str] | None = None) -> SyncNet:
     path = user_file(weights, SYNCNET_ENV, SYNCNET_FILE, metric="SyncNet (Sync_conf / LSE-C / LSE-D)",
                      how=f"Download it from {_SYNCNET_URL} (joonson/syncnet_python, download_model.sh) "
                          "on a machine with network access.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
+    state = read_weights(path, "SyncNet weights")
+    if "state_dict" in state:
         state = state["state_dict"]
     model = SyncNet()
     # The 2017 checkpoint predates BatchNorm's num_batches_tracked buffer; everything else must match.

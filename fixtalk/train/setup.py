@@ -29,6 +29,7 @@ from fixtalk.models.fixtalk import FixTalk
 from fixtalk.naming import mead_speaker
 from fixtalk.train.data import AudioDataset, Clip, ClipDataset, PairDataset, SwapDataset, read_frames, to_tensor
 from fixtalk.train.options import TrainOptions
+from fixtalk.weights import read_weights
 
 TRAIN_FORMAT = "fixtalk-train/1"
 CKPT = "checkpoint.pt"
@@ -47,11 +48,8 @@ class InitWeights:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(path, f"unreadable training checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(ck, dict) or ck.get("format") != TRAIN_FORMAT:
+    ck = read_weights(path, "training checkpoint")
+    if ck.get("format") != TRAIN_FORMAT:
         raise InputError(path, f"not a {TRAIN_FORMAT} checkpoint")
     return ck
 
