@@ -20,9 +20,10 @@ import numpy as np
 import scipy.signal
 import soundfile as sf
 
+from fixtalk.config import FPS
+from fixtalk.config import SAMPLE_RATE as SAMPLE_RATE  # defined there with FPS, imported from here too
 from fixtalk.errors import InputError
 
-SAMPLE_RATE = 16000
 N_FFT, HOP, WIN = 800, 200, 800
 N_MELS, FMIN, FMAX = 80, 55.0, 7600.0
 MIN_LEVEL_DB, REF_LEVEL_DB, MAX_ABS = -100.0, 20.0, 4.0
@@ -112,18 +113,18 @@ def melspectrogram(wav: np.ndarray, pad_mode: Literal["constant", "reflect"] = "
     return np.ascontiguousarray(s.T, dtype=np.float32)
 
 
-def num_video_frames(wav: np.ndarray, fps: int = 25) -> int:
+def num_video_frames(wav: np.ndarray, fps: int = FPS) -> int:
     """Video frames covered by `wav` at 16 kHz: floor(len / (16000 / fps)) = len // 640 at 25 fps."""
     return int(len(wav) / (SAMPLE_RATE / fps))
 
 
-def crop_to_frames(wav: np.ndarray, fps: int = 25) -> np.ndarray:
+def crop_to_frames(wav: np.ndarray, fps: int = FPS) -> np.ndarray:
     """Cut (or zero-pad) `wav` to exactly num_video_frames * 640 samples, as EDTalk does before the mel."""
     n = int(num_video_frames(wav, fps) * (SAMPLE_RATE / fps))
     return wav[:n] if len(wav) >= n else np.pad(wav, (0, n - len(wav)))
 
 
-def mel_windows(mel: np.ndarray, num_frames: int, fps: int = 25) -> np.ndarray:
+def mel_windows(mel: np.ndarray, num_frames: int, fps: int = FPS) -> np.ndarray:
     """Per-video-frame mel windows, (num_frames, 1, 80, 16) float32, from a (T, 80) mel.
 
     Frame i reads mel frames int(80 * (i - 2) / fps) + [0, 16), each index clamped to [0, T - 1] (edge

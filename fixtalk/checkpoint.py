@@ -31,6 +31,7 @@ from fixtalk.config import ModelConfig, get_preset
 from fixtalk.errors import InputError
 from fixtalk.models.audio2lip import Audio2Lip
 from fixtalk.models.fixtalk import FixTalk
+from fixtalk.weights import read_weights
 
 FORMAT = "fixtalk/1"
 # Official EDTalk keys that live in our FDM submodule; encoder/decoder keys are identical.
@@ -168,18 +169,7 @@ def first_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tenso
 # --- official EDTalk checkpoints ------------------------------------------------------------------
 def read_legacy_pt(path: str | Path) -> dict:
     """torch.load with weights_only=True; argparse.Namespace (training args) is the one allowed class."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "file not found")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:
-        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(p, f"refused: not a plain tensor checkpoint (weights_only load failed: {line})") from None
-    if not isinstance(obj, dict):
-        raise InputError(p, f"refused: expected a dict of state dicts, got {type(obj).__name__}")
-    return obj
+    return read_weights(path, "EDTalk checkpoint", allowed=[argparse.Namespace])
 
 
 def edtalk_to_fixtalk_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -22,6 +22,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+# Video frame rate and audio sample rate of every model input (EDTalk/Wav2Lip: 25 fps, 16 kHz mono), so one
+# video frame covers SAMPLES_PER_FRAME = 640 samples. Here, not in audio.py: no librosa import.
+FPS = 25
+SAMPLE_RATE = 16000
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+
 # The eight MEAD emotions: expression presets, `--expression NAME` (here, not in checkpoint.py: no torch import).
 EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
 

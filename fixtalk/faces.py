@@ -31,6 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fixtalk.config import FPS
 from fixtalk.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -372,7 +373,7 @@ class FaceTrack:
     give None (the caller holds the last motion) and restart the smoothing.
     """
 
-    def __init__(self, detector: FaceDetector | None = None, *, face_index: int = 0, fps: float = 25.0,
+    def __init__(self, detector: FaceDetector | None = None, *, face_index: int = 0, fps: float = float(FPS),
                  redetect_every: int = 10, min_cutoff: float = 0.5, beta: float = 0.1,
                  max_jump: float = 40.0, path: str | Path | None = None) -> None:
         self.detector = detector or FaceDetector()

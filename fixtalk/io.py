@@ -24,6 +24,7 @@ import av
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from fixtalk.config import FPS
 from fixtalk.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class VideoReader(_Source):
     Duplicated frames are copies, so callers may modify frames in place.
     """
 
-    def __init__(self, path: PathLike, fps: float | None = 25.0) -> None:
+    def __init__(self, path: PathLike, fps: float | None = float(FPS)) -> None:
         self.path = Path(path)
         self._container = _open_av(self.path, "video")
         self._stream = self._container.streams.video[0]
@@ -245,7 +246,7 @@ class VideoReader(_Source):
 class ImageFrames(_Source):
     """A still image seen as a one-frame video (users pass photos as motion drivers)."""
 
-    def __init__(self, path: PathLike, fps: float | None = 25.0) -> None:
+    def __init__(self, path: PathLike, fps: float | None = float(FPS)) -> None:
         self.path = Path(path)
         self._image = load_image(self.path)
         self.fps = self.native_fps = float(fps or 25.0)
@@ -259,7 +260,7 @@ class ImageFrames(_Source):
 _IMAGE_EXTS = {ext for ext, fmt in Image.registered_extensions().items() if fmt != "GIF"}
 
 
-def open_frames(path: PathLike, fps: float | None = 25.0) -> VideoReader | ImageFrames:
+def open_frames(path: PathLike, fps: float | None = float(FPS)) -> VideoReader | ImageFrames:
     """Open a driver that may be a video or a still image; both expose fps/size/frame_count/iteration.
 
     Images are recognised by extension; a file with an unknown extension that PyAV cannot read is
@@ -323,7 +324,7 @@ class VideoWriter:
     the video as frames arrive (so memory stays constant) and trimmed to the video's duration.
     """
 
-    def __init__(self, path: PathLike, fps: float = 25.0, *, crf: int = 18, preset: str = "medium",
+    def __init__(self, path: PathLike, fps: float = float(FPS), *, crf: int = 18, preset: str = "medium",
                  audio: np.ndarray | None = None, sample_rate: int | None = None,
                  audio_from: PathLike | None = None) -> None:
         if audio is not None and audio_from is not None:
@@ -469,6 +470,15 @@ class ProbeInfo:
     audio_codec: str | None
     audio_sample_rate: int | None
     audio_duration: float | None
+
+
+def has_audio(path: PathLike) -> bool:
+    """Whether a media file has an audio track; False for anything PyAV cannot open."""
+    try:
+        with av.open(str(path)) as c:
+            return bool(c.streams.audio)
+    except Exception:
+        return False
 
 
 def probe(path: PathLike) -> ProbeInfo:

@@ -89,7 +89,7 @@ def check_audio(path: str) -> None:
     """InputError unless `path` is a non-empty file with a readable audio track (before any model work)."""
     from pathlib import Path
 
-    from fixtalk.pipeline import has_audio
+    from fixtalk.io import has_audio
 
     p = Path(path)
     if not p.is_file():

@@ -23,7 +23,6 @@ landmarks and mel windows, manifest.csv and report.json; the format is described
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -38,18 +37,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fixtalk.config import FPS, SAMPLES_PER_FRAME
 from fixtalk.errors import InputError
-from fixtalk.train.clipstore import FPS, save_npz, write_clip, write_json, write_manifest
+from fixtalk.naming import (
+    ManifestEntry,
+    emotion_from_name,
+    find_manifest,
+    guess_identity,
+    normalise_emotion,
+    paired_audio,
+    read_manifest,
+)
+from fixtalk.train.clipstore import save_npz, write_clip, write_json, write_manifest
 
 if TYPE_CHECKING:  # imported lazily at run time: workers pay for cv2/dlib/PyAV only when they process clips
     from fixtalk.io import VideoReader
 
-SAMPLES_PER_FRAME = 640            # 16 kHz / 25 fps
 MAX_GAP = 5                        # faceless frames a tube may bridge (their landmarks stay NaN)
 TUBE_IOU = 0.25                    # FOMM: a box joins the tube when IoU with the tube's first box > 0.25
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg"}
-AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg")
-EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
 log = logging.getLogger(__name__)
 
 
@@ -93,54 +99,6 @@ class ClipResult:
 def clip_name(rel: Path) -> str:
     """Relative path -> flat clip name: folders joined by '__', suffix dropped, odd characters replaced."""
     return re.sub(r"[^A-Za-z0-9_.#+-]", "_", "__".join(rel.with_suffix("").parts))
-
-
-def read_faces_manifest(path: Path) -> dict[Path, dict[str, str]]:
-    """A dataset manifest.csv (columns `file` and `notes`) -> {resolved file path: {identity, emotion}}."""
-    out: dict[Path, dict[str, str]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            notes = row.get("notes") or ""
-            ident = re.search(r"identity=([^;,\s]+)", notes)
-            emo = re.search(r"emotion:(\w+)", notes)
-            out[(path.parent / row.get("file", "")).resolve()] = {
-                "identity": ident.group(1) if ident else "", "emotion": mead_emotion(emo.group(1) if emo else "")}
-    return out
-
-
-def guess_identity(rel: Path) -> str:
-    """Identity without a manifest: a MEAD actor id (M003, W009) anywhere in the path, else the first folder
-    under SRC, else the file stem without a trailing chunk number (HDTF `WDA_KatieHill_000`)."""
-    for part in rel.parts:
-        m = re.search(r"(?:^|[_#\-])([MW]\d{3})(?=$|[_#\-])", part)
-        if m:
-            return m.group(1)
-    if len(rel.parts) > 1:
-        return rel.parts[0]
-    return re.sub(r"([_#\-]\d+)+$", "", rel.stem) or rel.stem
-
-
-def mead_emotion(label: str) -> str:
-    """A label in MEAD's 8 categories (the expression presets), '' for anything else ("expressive", "smile")."""
-    label = {"disgust": "disgusted", "surprise": "surprised", "fearful": "fear"}.get(label.lower(), label.lower())
-    return label if label in EMOTIONS else ""
-
-
-def guess_emotion(rel: Path) -> str:
-    """MEAD emotion from the path (`M003#angry#level_1#001.mp4`, `.../angry/level_1/001.mp4`), else ''."""
-    tokens = set(re.split(r"[_#/\-. ]+", str(rel).lower()))
-    found = [e for e in EMOTIONS if e in tokens]
-    return found[0] if len(found) == 1 else ""
-
-
-def find_audio(video: Path, src: Path) -> Path | None:
-    """A same-named audio file next to the video, in a sibling `audio/` folder, or in SRC/audio."""
-    for folder in (video.parent, video.parent.parent / "audio", src / "audio"):
-        for ext in AUDIO_EXTS:
-            cand = folder / (video.stem + ext)
-            if cand.is_file():
-                return cand
-    return None
 
 
 def split_of(identity: str, test_fraction: float) -> str:
@@ -297,12 +255,8 @@ def _process(job: Job, res: ClipResult) -> None:
 def _jobs(src: Path, clips_dir: Path, opts: PrepOptions, manifest: Path | None) -> list[Job]:
     videos = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file()
                     and clips_dir.parent.resolve() not in p.resolve().parents)
-    if manifest is None:
-        for cand in (src / "manifest.csv", src.parent / "manifest.csv"):
-            if cand.is_file():
-                manifest = cand
-                break
-    meta = read_faces_manifest(manifest) if manifest is not None else {}
+    manifest = manifest or find_manifest(src)
+    meta = read_manifest(manifest) if manifest is not None else {}
     jobs, seen = [], set()
     for v in videos:
         rel = v.relative_to(src)
@@ -310,10 +264,11 @@ def _jobs(src: Path, clips_dir: Path, opts: PrepOptions, manifest: Path | None) 
         if name in seen:
             name = f"{name}_{hashlib.sha1(str(rel).encode()).hexdigest()[:6]}"
         seen.add(name)
-        m = meta.get(v.resolve(), {})
-        audio = find_audio(v, src)
-        jobs.append(Job(str(v), name, str(clips_dir), m.get("identity") or guess_identity(rel),
-                        m.get("emotion") or guess_emotion(rel), opts, None if audio is None else str(audio)))
+        m = meta.get(v.resolve(), ManifestEntry("", ""))
+        audio = paired_audio(v, last=src / "audio")
+        emotion = normalise_emotion(m.emotion) or emotion_from_name(str(rel)) or ""
+        jobs.append(Job(str(v), name, str(clips_dir), m.identity or guess_identity(rel, by_folder=True), emotion,
+                        opts, None if audio is None else str(audio)))
     return jobs
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fixtalk.audio import load_audio
+from fixtalk.config import SAMPLES_PER_FRAME
 from fixtalk.faces import FaceDetector
 from fixtalk.pipeline import Drive, FactorTrack, Pipeline
 from fixtalk.train.clipstore import read_clips, read_frames
@@ -33,7 +34,7 @@ def opening(lm: np.ndarray) -> float:
     return float(gap / max(eyes, 1e-6))
 
 
-def loudness(wav: np.ndarray, frames: int, per_frame: int = 640) -> np.ndarray:
+def loudness(wav: np.ndarray, frames: int, per_frame: int = SAMPLES_PER_FRAME) -> np.ndarray:
     out = np.full(frames, np.nan)
     for i in range(frames):
         seg = wav[i * per_frame:(i + 1) * per_frame]

@@ -33,12 +33,15 @@ ROWS = ["real", "copy-source", "ckpt", "ckpt+tune2"]  # --tune 2 adds the tuned 
 # -- pieces ------------------------------------------------------------------------------------------------
 
 def test_clip_metadata_from_names() -> None:
-    assert D.mead_emotion("dreamtalk__M030_front_angry_level3_001.mp4") == "angry"
-    assert D.mead_emotion("M003#surprised#level_1#001.mp4") == "surprised"
-    assert D.mead_emotion("styletalk__Obama_clip1.mp4") is None
-    assert D.guess_identity("dreamtalk__W009_front_sad_level3_001.mp4") == "W009"
-    assert D.guess_identity("WDA_KatieHill_000.mp4") == "WDA_KatieHill"
-    assert D.normalise_emotion("surprise") == "surprised" and D.normalise_emotion("smile") is None
+    from fixtalk.naming import emotion_from_name, guess_identity, mead_speaker, normalise_emotion
+
+    assert emotion_from_name("dreamtalk__M030_front_angry_level3_001.mp4") == "angry"
+    assert emotion_from_name("M003#surprised#level_1#001.mp4") == "surprised"
+    assert emotion_from_name("styletalk__Obama_clip1.mp4") is None
+    assert guess_identity("dreamtalk__W009_front_sad_level3_001.mp4") == "W009"
+    assert guess_identity("WDA_KatieHill_000.mp4") == "WDA_KatieHill"
+    assert mead_speaker("mead/M003/front.mp4") == "M003" and mead_speaker("M0030_x") is None
+    assert normalise_emotion("surprise") == "surprised" and normalise_emotion("smile") is None
 
 
 def test_split_files(tmp_path: Path) -> None:

@@ -43,14 +43,18 @@ def test_hold_last_fills_faceless_frames() -> None:
 
 def test_names_identities_emotions_and_split() -> None:
     assert P.clip_name(Path("M003/video front/angry.mp4")) == "M003__video_front__angry"
-    assert P.guess_identity(Path("M003#angry#level_1#001.mp4")) == "M003"
-    assert P.guess_identity(Path("W015/video/front/sad/level_3/001.mp4")) == "W015"
-    assert P.guess_identity(Path("id10001/abc/00001.mp4")) == "id10001"
-    assert P.guess_identity(Path("WDA_KatieHill_000.mp4")) == "WDA_KatieHill"
-    assert P.guess_emotion(Path("M003#angry#level_1#001.mp4")) == "angry"
-    assert P.guess_emotion(Path("M030/video/front/surprised/level_2/003.mp4")) == "surprised"
-    assert P.guess_emotion(Path("WDA_KatieHill_000.mp4")) == ""
-    assert P.mead_emotion("Disgust") == "disgusted" and P.mead_emotion("expressive") == ""
+    from fixtalk.naming import emotion_from_name, guess_identity, normalise_emotion
+
+    # prep takes the first folder as the identity when the path names no MEAD actor (by_folder=True)
+    assert guess_identity(Path("M003#angry#level_1#001.mp4"), by_folder=True) == "M003"
+    assert guess_identity(Path("W015/video/front/sad/level_3/001.mp4"), by_folder=True) == "W015"
+    assert guess_identity(Path("id10001/abc/00001.mp4"), by_folder=True) == "id10001"
+    assert guess_identity(Path("id10001/abc/00001.mp4")) == "00001"
+    assert guess_identity(Path("WDA_KatieHill_000.mp4"), by_folder=True) == "WDA_KatieHill"
+    assert emotion_from_name("M003#angry#level_1#001.mp4") == "angry"
+    assert emotion_from_name("M030/video/front/surprised/level_2/003.mp4") == "surprised"
+    assert emotion_from_name("WDA_KatieHill_000.mp4") is None
+    assert normalise_emotion("Disgust") == "disgusted" and normalise_emotion("expressive") is None
     ids = [f"id{i}" for i in range(400)]
     at = {f: [P.split_of(i, f) for i in ids] for f in (0.0, 0.1, 0.3, 1.0)}
     assert set(at[0.0]) == {"train"} and set(at[1.0]) == {"test"}

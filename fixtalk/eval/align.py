@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fixtalk.config import FPS
 from fixtalk.errors import InputError
 from fixtalk.eval.data import EvalClip, Portrait
 from fixtalk.faces import FaceDetector, FaceTrack, crop
-
-FPS = 25
 
 
 @dataclass

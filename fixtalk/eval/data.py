@@ -16,14 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fixtalk.errors import InputError
+from fixtalk.naming import (
+    ManifestEntry,
+    emotion_from_name,
+    find_manifest,
+    guess_identity,
+    normalise_emotion,
+    paired_audio,
+    read_manifest,
+)
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg")
-# MEAD's eight classes (fixtalk.checkpoint.EMOTIONS) and the FER2013 spellings that map onto them.
-EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
-_ALIASES = {"disgust": "disgusted", "surprise": "surprised", "fearful": "fear"}
-_MEAD_ID = re.compile(r"(?:^|[_#\-/])([MW]\d{3})(?=$|[_#\-/])")
 
 
 @dataclass(frozen=True)
@@ -47,74 +51,14 @@ class Portrait:
     is_video: bool = False    # True: the first frame of a video
 
 
-def read_manifest(path: str | Path) -> dict[str, dict[str, str]]:
-    """A dataset manifest.csv (columns `file`, `notes`) -> {resolved path: {"identity", "emotion"}}."""
-    p = Path(path)
-    out: dict[str, dict[str, str]] = {}
-    try:
-        with open(p, newline="") as f:
-            for row in csv.DictReader(f):
-                notes = row.get("notes") or ""
-                ident = re.search(r"identity=([^;,\s]+)", notes)
-                emo = re.search(r"emotion:(\w+)", notes)
-                out[str((p.parent / (row.get("file") or "")).resolve())] = {
-                    "identity": ident.group(1) if ident else "", "emotion": emo.group(1) if emo else ""}
-    except (OSError, csv.Error, UnicodeDecodeError) as err:
-        raise InputError(p, f"unreadable manifest ({err})") from None
-    return out
-
-
-def find_manifest(folder: Path) -> Path | None:
-    for cand in (folder / "manifest.csv", folder.parent / "manifest.csv"):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def normalise_emotion(label: str | None) -> str | None:
-    """A MEAD class name from a label (FER spellings accepted); None for anything else."""
-    if not label:
-        return None
-    e = _ALIASES.get(label.lower(), label.lower())
-    return e if e in EMOTIONS else None
-
-
-def mead_emotion(name: str) -> str | None:
-    """The emotion of a MEAD-style name (`M030_front_angry_level3_001`, `M003#angry#level_1#001`)."""
-    tokens = set(re.split(r"[_#/\-. ]+", name.lower()))
-    found = [e for e in EMOTIONS if e in tokens]
-    return found[0] if len(found) == 1 else None
-
-
-def guess_identity(rel: str) -> str:
-    """Identity without a manifest entry: a MEAD actor id, else the stem without trailing numbers."""
-    m = _MEAD_ID.search(rel)
-    if m:
-        return m.group(1)
-    stem = Path(rel).stem
-    return re.sub(r"([_#\-]\d+)+$", "", stem) or stem
-
-
-def _has_audio_track(path: Path) -> bool:
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            return bool(c.streams.audio)
-    except Exception:
-        return False
-
-
 def find_audio(video: Path, audio_dir: Path | None) -> str | None:
-    """The clip's own audio track, else a same-named audio file (--audio DIR, beside it, ../audio)."""
-    folders = [audio_dir] if audio_dir is not None else []
-    folders += [video.parent, video.parent.parent / "audio"]
-    for folder in folders:
-        for ext in AUDIO_EXTS:
-            cand = folder / (video.stem + ext)
-            if cand.is_file():
-                return str(cand)
-    return str(video) if _has_audio_track(video) else None
+    """A same-named audio file (--audio DIR, beside it, ../audio), else the clip's own audio track."""
+    from fixtalk.io import has_audio  # lazily: PyAV only when clips are discovered
+
+    paired = paired_audio(video, first=audio_dir)
+    if paired is not None:
+        return str(paired)
+    return str(video) if has_audio(video) else None
 
 
 def _files(root: Path, exts: tuple[str, ...]) -> list[Path]:
@@ -136,10 +80,9 @@ def discover_clips(videos: str | Path, audio_dir: str | Path | None = None,
     clips = []
     for p in _files(root, VIDEO_EXTS):
         rel = p.relative_to(root).as_posix()
-        info = meta.get(str(p.resolve()), {})
-        emotion = mead_emotion(rel) or normalise_emotion(info.get("emotion"))
-        clips.append(EvalClip(rel, str(p), info.get("identity") or guess_identity(rel), emotion,
-                              find_audio(p, adir)))
+        info = meta.get(p.resolve(), ManifestEntry("", ""))
+        emotion = emotion_from_name(rel) or normalise_emotion(info.emotion)
+        clips.append(EvalClip(rel, str(p), info.identity or guess_identity(rel), emotion, find_audio(p, adir)))
     if not clips:
         raise InputError(root, f"no videos ({', '.join(VIDEO_EXTS)}) found")
     return clips
@@ -154,7 +97,7 @@ def discover_portraits(folder: str | Path, manifest: str | Path | None = None) -
     out = []
     for p in _files(root, IMAGE_EXTS):
         rel = p.relative_to(root).as_posix()
-        ident = meta.get(str(p.resolve()), {}).get("identity") or guess_identity(rel)
+        ident = meta.get(p.resolve(), ManifestEntry("", "")).identity or guess_identity(rel)
         out.append(Portrait(rel, str(p), ident))
     if not out:
         raise InputError(root, f"no images ({', '.join(IMAGE_EXTS)}) found")

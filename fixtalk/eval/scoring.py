@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from fixtalk import metrics as M
+from fixtalk.config import SAMPLE_RATE, SAMPLES_PER_FRAME
 from fixtalk.errors import InputError
 from fixtalk.metrics import emotion as _emotion
 from fixtalk.metrics import fid as _fid
@@ -164,7 +165,7 @@ class Scorer:
         smooth = _sync.smooth_boxes(boxes, kernel)
         faces = np.stack([_sync.syncnet_crop(f, (b[0], b[1], b[2], b[3])) for f, b in zip(frames, smooth)])
         try:
-            s = _sync.sync_scores(self._sync_net, faces, audio[:len(frames) * 640], 16000)
+            s = _sync.sync_scores(self._sync_net, faces, audio[:len(frames) * SAMPLES_PER_FRAME], SAMPLE_RATE)
         except ValueError:            # fewer than 6 frames
             return None
         return [s.lse_c, s.lse_d]

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fixtalk.config import SAMPLES_PER_FRAME
 from fixtalk.errors import InputError
 from fixtalk.eval import data as D
 from fixtalk.eval.align import load_clip, load_portrait
@@ -155,7 +156,7 @@ class ClipEvaluator:
         if clip.emotion and real.emo is not None:
             rec["emotion_pred"][REAL] = {"pred": _predict(real.emo[1:]), "mode": "real frames"}
         if wav is not None:
-            L = min(T, int(len(wav) // 640))
+            L = min(T, int(len(wav) // SAMPLES_PER_FRAME))
             sync = self.scorer.sync(list(gt[:L]), real.lm[:L] if real.lm is not None else None, wav)
             rec["scores"]["audio_driven"][REAL] = _sync_stats(sync)
         for row in self.plan.rows:
@@ -211,7 +212,7 @@ class ClipEvaluator:
 
     def _audio_driven(self, row: Row, clip: D.EvalClip, source: dict[int, np.ndarray], motion: Motion | None,
                       gt: np.ndarray, real: Analysis, wav: np.ndarray, rec: dict) -> None:
-        L = min(len(gt), int(len(wav) // 640))
+        L = min(len(gt), int(len(wav) // SAMPLES_PER_FRAME))
         if isinstance(row, CheckpointRow):
             assert motion is not None and clip.audio is not None
             lip = row.audio_lip(clip.audio)

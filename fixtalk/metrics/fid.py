@@ -23,6 +23,8 @@ import scipy.linalg
 import torch
 from torch import nn
 
+from fixtalk.weights import read_weights
+
 from ._assets import MetricUnavailable, package_file, user_file
 from ._inception import FIDInceptionV3
 
@@ -108,7 +110,7 @@ def load_fid_inception(weights: str | os.PathLike[str] | None = None) -> FIDInce
                      how=f"Download it (pytorch-fid's FID weights) from {_INCEPTION_URL} on a machine with "
                          "network access.")
     model = FIDInceptionV3()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    model.load_state_dict(read_weights(path, "FID Inception weights"), strict=True)
     return model.eval()
 
 

@@ -25,6 +25,9 @@ import torch
 from scipy.signal import medfilt
 from torch import nn
 
+from fixtalk.config import SAMPLE_RATE, SAMPLES_PER_FRAME
+from fixtalk.weights import read_weights
+
 from ._assets import MetricUnavailable, user_file
 
 SYNCNET_FILE = "syncnet_v2.model"
@@ -80,8 +83,8 @@ def load_syncnet(weights: str | os.PathLike[str] | None = None) -> SyncNet:
     path = user_file(weights, SYNCNET_ENV, SYNCNET_FILE, metric="SyncNet (Sync_conf / LSE-C / LSE-D)",
                      how=f"Download it from {_SYNCNET_URL} (joonson/syncnet_python, download_model.sh) "
                          "on a machine with network access.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
+    state = read_weights(path, "SyncNet weights")
+    if "state_dict" in state:
         state = state["state_dict"]
     model = SyncNet()
     # The 2017 checkpoint predates BatchNorm's num_batches_tracked buffer; everything else must match.
@@ -141,14 +144,14 @@ def _mfcc(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return python_speech_features.mfcc(a.astype(np.float64), sample_rate).T   # 13 x T (100 Hz)
 
 
-def sync_scores(model: SyncNet, faces: np.ndarray, audio: np.ndarray, sample_rate: int = 16000,
+def sync_scores(model: SyncNet, faces: np.ndarray, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
                 vshift: int = 15, batch_size: int = 20, rgb: bool = True) -> SyncScores:
     """Sync scores of a 25 fps face track and its 16 kHz mono audio, as SyncNetInstance.evaluate.
 
     faces: (T, 224, 224, 3) uint8 crops (see `syncnet_crop`), RGB unless rgb=False (then BGR as cv2).
     audio: int16 samples, or floats in [-1, 1].
     """
-    if sample_rate != 16000:
+    if sample_rate != SAMPLE_RATE:
         raise ValueError("SyncNet expects 16 kHz audio; resample first")
     frames = np.asarray(faces)
     if frames.ndim != 4 or frames.shape[1:] != (224, 224, 3):
@@ -157,7 +160,7 @@ def sync_scores(model: SyncNet, faces: np.ndarray, audio: np.ndarray, sample_rat
         frames = frames[..., ::-1]
     video = torch.from_numpy(np.ascontiguousarray(frames.transpose(3, 0, 1, 2))).float()[None]  # 1x3xTxHxW
     mfcc = torch.from_numpy(_mfcc(audio, sample_rate)).float()[None, None]                    # 1x1x13xA
-    n = min(len(frames), len(np.asarray(audio)) // 640) - 5
+    n = min(len(frames), len(np.asarray(audio)) // SAMPLES_PER_FRAME) - 5
     if n < 1:
         raise ValueError("need at least 6 frames of video and audio")
     im_feat, cc_feat = [], []

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fixtalk.errors import InputError
+from fixtalk.weights import read_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -201,13 +202,7 @@ def mobilenet_v2_weights_path() -> Path | None:
 
 
 def _load_state(path: Path, what: str) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, non-tensor payloads
-        raise InputError(path, f"cannot read {what} weights: {e}") from e
-    if not isinstance(state, dict):
-        raise InputError(path, f"{what} weights: expected a state dict, got {type(state).__name__}")
-    return state
+    return read_weights(path, f"{what} weights")
 
 
 def load_backbone(name: str, path: str | os.PathLike[str] | None = None) -> nn.Module:

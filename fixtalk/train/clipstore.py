@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from fixtalk.config import FPS, SAMPLE_RATE
 from fixtalk.errors import InputError
 
-FPS = 25
 GOP = 10
 MANIFEST_FIELDS = ("clip", "identity", "emotion", "frames", "split", "has_audio", "source")
 
@@ -50,7 +50,7 @@ def write_clip(path: Path, frames: Iterable[np.ndarray], size: int, crf: int,
             v.width = v.height = size
             v.pix_fmt = "yuv420p"
             v.options = {"crf": str(crf), "preset": "medium", "g": str(GOP), "keyint_min": str(GOP)}
-            a = out.add_stream("aac", rate=16000) if audio is not None and audio.size else None
+            a = out.add_stream("aac", rate=SAMPLE_RATE) if audio is not None and audio.size else None
             if a is not None:
                 a.layout = "mono"
             for frame in frames:
@@ -64,7 +64,7 @@ def write_clip(path: Path, frames: Iterable[np.ndarray], size: int, crf: int,
             if a is not None and audio is not None:
                 af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None], np.float32), format="fltp",
                                                 layout="mono")
-                af.sample_rate, af.pts, af.time_base = 16000, 0, Fraction(1, 16000)
+                af.sample_rate, af.pts, af.time_base = SAMPLE_RATE, 0, Fraction(1, SAMPLE_RATE)
                 for p in [*a.encode(af), *a.encode()]:
                     out.mux(p)
         os.replace(tmp, path)

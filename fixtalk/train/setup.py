@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,10 @@ from fixtalk.checkpoint import EMOTIONS, load_bundle
 from fixtalk.config import ModelConfig, get_preset
 from fixtalk.errors import InputError
 from fixtalk.models.fixtalk import FixTalk
+from fixtalk.naming import mead_speaker
 from fixtalk.train.data import AudioDataset, Clip, ClipDataset, PairDataset, SwapDataset, read_frames, to_tensor
 from fixtalk.train.options import TrainOptions
+from fixtalk.weights import read_weights
 
 TRAIN_FORMAT = "fixtalk-train/1"
 CKPT = "checkpoint.pt"
@@ -47,11 +48,8 @@ class InitWeights:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(path, f"unreadable training checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(ck, dict) or ck.get("format") != TRAIN_FORMAT:
+    ck = read_weights(path, "training checkpoint")
+    if ck.get("format") != TRAIN_FORMAT:
         raise InputError(path, f"not a {TRAIN_FORMAT} checkpoint")
     return ck
 
@@ -170,13 +168,10 @@ def make_dataset(opts: TrainOptions, clips: list[Clip], size: int, min_length: i
     return PairDataset(clips, size, opts.seed, min_length, opts.fraction)
 
 
-MEAD_SPEAKER = re.compile(r"(?:^|[_\W])[MW]\d{3}_")  # MEAD speaker ids: M030_, W011_, ...
-
-
 def preset_clips(clips: list[Clip]) -> list[Clip]:
     """The labelled clips the presets are computed from: MEAD ones (speaker id in the name) when present."""
     labelled = [c for c in clips if c.emotion in EMOTIONS]
-    mead = [c for c in labelled if MEAD_SPEAKER.search(c.name)]
+    mead = [c for c in labelled if mead_speaker(c.name)]
     return mead or labelled
 
 

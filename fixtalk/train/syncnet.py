@@ -17,6 +17,7 @@ from torch import nn
 
 from fixtalk.errors import InputError
 from fixtalk.models.audio2lip import Conv2dBlock
+from fixtalk.weights import read_weights
 
 _FACE = ((15, 32, 7, 1, 3, False), (32, 64, 5, (1, 2), 1, False), (64, 64, 3, 1, 1, True), (64, 64, 3, 1, 1, True),
          (64, 128, 3, 2, 1, False), (128, 128, 3, 1, 1, True), (128, 128, 3, 1, 1, True), (128, 128, 3, 1, 1, True),
@@ -46,13 +47,8 @@ class SyncNetColor(nn.Module):
 def load_syncnet(path: str | Path) -> SyncNetColor:
     """Frozen, eval-mode SyncNet from Wav2Lip's lipsync_expert.pth (weights_only load; "module." stripped)."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "SyncNet weights not found (Wav2Lip's lipsync_expert.pth)")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(p, f"cannot read SyncNet weights ({type(err).__name__}: {err})") from None
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    obj = read_weights(p, "SyncNet weights (Wav2Lip's lipsync_expert.pth)")
+    state = obj.get("state_dict", obj)
     if not isinstance(state, dict):
         raise InputError(p, "expected a state dict (or a dict with 'state_dict')")
     net = SyncNetColor()
