@@ -1,11 +1,11 @@
-"""Audio front end: waveform loading and Wav2Lip-style log-mel windows (architecture.md 6.1).
+"""Audio front end: waveform loading and Wav2Lip-style log-mel windows (docs/architecture.md 6.1).
 
 Mirrors EDTalk:audio.py with EDTalk:hparams.py (the Wav2Lip hyper-parameters): 16 kHz mono, pre-emphasis
 0.97, STFT 800/200/800 (Hann), 80 Slaney mel bands 55-7600 Hz, 20*log10 with a -100 dB floor minus a
 20 dB reference level, symmetric normalisation to [-4, 4]. One video frame (25 fps) = 640 samples =
 3.2 mel frames; each frame sees a 16-mel-frame (0.2 s) window that starts 2 frames earlier.
 
-Numerics are pinned so that `melspectrogram` reproduces ../shared/fixtures/edtalk_parity `mel_full`
+Numerics are pinned so that `melspectrogram` reproduces the EDTalk parity fixture's `mel_full`
 bit-for-bit with librosa >= 0.10 (see `melspectrogram` for the STFT padding choice).
 """
 

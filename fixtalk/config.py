@@ -1,7 +1,7 @@
 """Frozen model configurations and their named presets.
 
 A checkpoint is `model.safetensors` + `config.json`; `config.json` holds `ModelConfig.to_dict()` and is
-the only thing needed to rebuild the network (conventions.md, item 2). Presets:
+the only thing needed to rebuild the network (docs/architecture.md, Conventions 2). Presets:
 
 * `edtalk-256`          the official EDTalk.pt layout (E, FDM with lip/pose/expression, G with EEM).
 * `edtalk-256-lip-pose` the official EDTalk_lip_pose.pt layout (no expression head, bank or EEM).
@@ -34,7 +34,7 @@ EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad",
 
 @dataclass(frozen=True)
 class EMIConfig:
-    """Enhanced Motion Indicator (FixTalk Sec. 4.1); defaults from architecture.md 9.3 [ours]."""
+    """Enhanced Motion Indicator (FixTalk Sec. 4.1); defaults from docs/architecture.md 9.3 [ours]."""
 
     layers: int = 2             # N stacked [cross-attention + FFN] layers of the extractor P
     heads: int = 8
@@ -46,7 +46,7 @@ class EMIConfig:
 
 @dataclass(frozen=True)
 class EDIConfig:
-    """Enhanced Detail Indicator (FixTalk Sec. 4.2); defaults from architecture.md 9.3 [ours]."""
+    """Enhanced Detail Indicator (FixTalk Sec. 4.2); defaults from docs/architecture.md 9.3 [ours]."""
 
     slots: int = 1024           # S, slots of M_d and M_m-s
     kappa_init: float = 10.0    # softmax temperature on cosines (Eqs. 5, 7); 1.0 is the paper's literal form

@@ -12,7 +12,7 @@ M003_template.npy is not available. It was made by `build_template` from the dli
 34 single-face dev portraits in shared/data/faces/images (every image where the HOG detector finds
 exactly one face): a generalised-Procrustes mean, averaged with its own mirror image (so that any
 head-turn bias of the set does not skew every crop), eyes levelled, then scaled and shifted so the
-eye centres, nose tip and mouth centre fit EDTalk's template positions (architecture.md section 7)
+eye centres, nose tip and mouth centre fit EDTalk's template positions (docs/architecture.md section 7)
 (106,113), (166,114), (141,142), (139,180) in the least-squares sense; they land at (108,112),
 (168,112), (138,146), (138,178). tests/test_faces.py rebuilds it and checks the stored file.
 """

@@ -1,4 +1,4 @@
-"""`fixtalk info PRESET`: parameter counts per module and MACs per frame (architecture.md section 10).
+"""`fixtalk info PRESET`: parameter counts per module and MACs per frame (docs/architecture.md section 10).
 
 Counts are state-dict values (parameters plus the FIR-kernel and BatchNorm buffers), which is how the
 official layouts count: 64,228,877 for EDTalk.pt, 46,173,571 for EDTalk_lip_pose.pt, 2,827,361 for

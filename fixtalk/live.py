@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fixtalk.config import EMOTIONS
+from fixtalk.config import EMOTIONS, SAMPLE_RATE
 from fixtalk.errors import InputError
 from fixtalk.options import RuntimeOptions, add_runtime_args
 from fixtalk.pipeline_cli import add_backend_args, add_motion_mode_arg, add_strength_args, check_tune, strengths
@@ -160,7 +160,7 @@ def _live(args: argparse.Namespace) -> int:
 
         kw: dict = {}
         if wav is not None:
-            kw = {"audio": wav, "sample_rate": 16000}
+            kw = {"audio": wav, "sample_rate": SAMPLE_RATE}
         elif not camera and probe(args.driving).audio_codec:
             kw = {"audio_from": args.driving}
         writer = VideoWriter(args.output, fps if uses_frames else FPS, **kw)

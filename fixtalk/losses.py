@@ -1,6 +1,6 @@
 """Training losses of EDTalk and FixTalk as small pure functions, each tagged with its source.
 
-* Image losses (FixTalk Eqs. 2-3, as EDTalk's code computes them; architecture.md 4.2):
+* Image losses (FixTalk Eqs. 2-3, as EDTalk's code computes them; docs/architecture.md 4.2):
   `reconstruction_l1`, `perceptual_pyramid` (FOMM/LIA "VGGLoss": L1 over a 4-scale pyramid, not the
   squared L2 written in the paper), `gan_generator_loss`, `gan_discriminator_loss` (non-saturating).
 * FixTalk (Sec. 4): `disentangle_loss` (L_dis, Eq. 4), `memory_recall_loss` (L_d-mem, Eq. 6),
@@ -9,7 +9,7 @@
 * EDTalk stages: `latent_consistency` (Mouth-Pose decoupling), `audio2lip_regression`,
   `audio2lip_smoothness` (Audio2Lip).
 
-Weights come from `LossWeights` (architecture.md 4.2 and 9.3); the combining trainer applies them.
+Weights come from `LossWeights` (docs/architecture.md 4.2 and 9.3); the combining trainer applies them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Loss weights; defaults from architecture.md 9.3 [ours] and 4.2 [EDTalk code]."""
+    """Loss weights; defaults from docs/architecture.md 9.3 [ours] and 4.2 [EDTalk code]."""
 
     rec: float = 1.0                 # L1 reconstruction (L_rec, Eq. 2)
     perceptual: float = 1.0          # VGG pyramid (L_per, Eq. 2); its per-layer weight 10 is inside
@@ -91,7 +91,7 @@ def perceptual_pyramid(
     scales: Sequence[float] = (1.0, 0.5, 0.25, 0.125),
     layer_weight: float | Sequence[float] = 10.0,
 ) -> Tensor:
-    """L_per as EDTalk's "VGGLoss" (EDTalk:train/vgg19.py; architecture.md 4.2), images in [-1, 1].
+    """L_per as EDTalk's "VGGLoss" (EDTalk:train/vgg19.py; docs/architecture.md 4.2), images in [-1, 1].
 
     For each scale, both images are anti-alias downsampled (FOMM pyramid) and passed through
     `backbone`, which returns a list of feature maps and handles its own input normalisation
@@ -144,7 +144,7 @@ def memory_recall_loss(f_pi_d: Tensor, f_hat_d: Tensor, commitment: float = 0.0)
 def memory_align_kl(alpha_ms: Tensor, alpha_d: Tensor, eps: float = 1e-12) -> Tensor:
     """L_align = KL(Omega_m-s || Omega_d) = sum_i P_i log(P_i / Q_i), batch mean (FixTalk Eq. 8).
 
-    P = alpha_ms (B x S, trained), Q = sg(alpha_d) (architecture.md 9.3): the motion-source address
+    P = alpha_ms (B x S, trained), Q = sg(alpha_d) (docs/architecture.md 9.3): the motion-source address
     learns to point where the driven address points, not the other way round. Computed in float32 with
     probabilities clamped to eps inside the logs; a P_i of 0 contributes 0.
     """
@@ -179,7 +179,7 @@ def latent_consistency(cross: Tensor, self_: Tensor, reduction: str = "sum") -> 
     """exp(-cos(cross, self)) per sample, summed over the batch as EDTalk's Mouth-Pose stage does.
 
     cross, self_: B x D latents (lip or pose) from the cross-swapped and the self pass. EDTalk sums
-    (architecture.md 11: the scale grows with the batch); reduction="mean" is the batch-size-free form.
+    (docs/architecture.md 11: the scale grows with the batch); reduction="mean" is the batch-size-free form.
     """
     per_sample = torch.exp(-F.cosine_similarity(cross, self_, dim=-1))
     if reduction == "sum":

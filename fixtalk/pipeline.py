@@ -5,7 +5,7 @@
     drive = pipe.drive(src, mouth="audio", audio="speech.wav", pose="source", expression="happy")
     pipe.render(src, drive, "out.mp4")                      # batches -> paste back -> H.264 + audio
 
-Each factor (mouth, pose, expression) comes from its own source (features.md "the headline"):
+Each factor (mouth, pose, expression) comes from its own source (docs/architecture.md, Features):
 a video or image path, "source" (hold the source's own), "audio" (mouth only, Audio2Lip), a preset
 emotion or an EDTalk .npy of 10 weights (expression only). Drivers are read at 25 fps; a driver shorter
 than the output plays forward then backward (ping-pong). Models stay pure; this module owns I/O.
@@ -32,6 +32,8 @@ import numpy as np
 import torch
 
 from fixtalk.checkpoint import Bundle, load_bundle, load_expression_npy
+from fixtalk.config import FPS as FPS  # re-exported: the Pipeline's frame rate
+from fixtalk.config import SAMPLE_RATE, SAMPLES_PER_FRAME
 from fixtalk.driving import Drive as Drive  # re-exported: the Drive/FactorTrack a Pipeline returns
 from fixtalk.driving import (
     FactorSpec,
@@ -55,7 +57,6 @@ if TYPE_CHECKING:
     from fixtalk.faces import FaceDetector
 
 log = logging.getLogger(__name__)
-FPS = 25
 SHIPPED = Path(__file__).resolve().parent / "assets" / "model"
 # dlib's tracker fits a face-shaped set of landmarks to anything, even a blank frame; an aligned crop
 # with less contrast than this (std of the 0..255 levels: a black, grey or faded-out frame) holds no face.
@@ -244,7 +245,7 @@ class Pipeline:
         return torch.cat(feats)[idx], small
 
     def audio_lip(self, audio: str | Path, max_frames: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-        """Audio2Lip mouth weights (T x 20) at 25 fps, Gaussian-smoothed (architecture.md 6.3)."""
+        """Audio2Lip mouth weights (T x 20) at 25 fps, Gaussian-smoothed (docs/architecture.md 6.3)."""
         from fixtalk.audio import crop_to_frames, load_audio, mel_windows, melspectrogram, num_video_frames
         from fixtalk.models.audio2lip import smooth_lip_weights
 
@@ -254,15 +255,15 @@ class Pipeline:
         wav = load_audio(audio)
         if max_frames is not None:
             # Frame i's mel window ends ~5 frames later; 8 frames of margin keep the kept frames exact.
-            wav = wav[:(max_frames + 8) * 16000 // FPS]
+            wav = wav[:(max_frames + 8) * SAMPLES_PER_FRAME]
         n = num_video_frames(wav, FPS)
         if n < 1:
-            raise InputError(audio, f"audio too short ({len(wav) / 16000:.3f} s): need at least one 40 ms frame")
+            raise InputError(audio, f"audio too short ({len(wav) / SAMPLE_RATE:.3f} s): need at least one 40 ms frame")
         windows = torch.from_numpy(mel_windows(melspectrogram(crop_to_frames(wav, FPS)), n, FPS))
         out = [self.runtime.run(self.audio2lip, windows[i:i + 256]).float().cpu()
                for i in range(0, n, 256)]
         lip = smooth_lip_weights(torch.cat(out))
-        return (lip, wav) if max_frames is None else (lip[:max_frames], wav[:max_frames * 16000 // FPS])
+        return (lip, wav) if max_frames is None else (lip[:max_frames], wav[:max_frames * SAMPLES_PER_FRAME])
 
     def _factor(self, spec: FactorSpec, src: PreparedSource, cache: dict, side_by_side: bool,
                 audio: str | Path | None, max_frames: int | None = None) -> FactorTrack:
@@ -364,10 +365,12 @@ class Pipeline:
         from fixtalk.io import VideoWriter
 
         kw: dict = {}
+        from fixtalk.io import has_audio
+
         if drive.audio is not None and has_audio(drive.audio):
             kw = {"audio_from": drive.audio}  # the file's own rate and channels, not the 16 kHz model input
         elif drive.audio_samples is not None:
-            kw = {"audio": drive.audio_samples, "sample_rate": 16000}
+            kw = {"audio": drive.audio_samples, "sample_rate": SAMPLE_RATE}
         bar = self._bar(total=drive.frames, desc="render")
         try:
             with VideoWriter(output, FPS, **kw) as writer:
@@ -397,12 +400,3 @@ class Pipeline:
 
         return tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, leave=False)
 
-
-def has_audio(path: str | Path) -> bool:
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            return bool(c.streams.audio)
-    except Exception:
-        return False

@@ -1,4 +1,4 @@
-"""`fixtalk prep`: talking-head videos -> 25-fps face tubes with landmarks and mel windows (architecture.md 7).
+"""`fixtalk prep`: talking-head videos -> 25-fps face tubes with landmarks and mel windows (docs/architecture.md 7).
 
 Per clip (one worker process each, `multiprocessing` spawn pool):
 
@@ -10,7 +10,7 @@ Per clip (one worker process each, `multiprocessing` spawn pool):
 4. crop every frame with its tracked transform (`fixtalk.faces.crop`: template framing, edge pixels repeated
    outside the frame); a faceless frame inside the tube holds the last transform;
 5. 16 kHz mono audio (the clip's own track, else a same-named .wav next to it or in an `audio/` folder) ->
-   Wav2Lip mel (architecture.md 6.1) -> one 1x80x16 window per kept frame.
+   Wav2Lip mel (docs/architecture.md 6.1) -> one 1x80x16 window per kept frame.
 
 Why per-frame aligned crops and not a fixed tube crop (FOMM): one framing everywhere. The Pipeline aligns
 the source and every driver frame to the template, and `fixtalk eval` scores aligned crops; a model trained

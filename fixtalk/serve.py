@@ -1,4 +1,4 @@
-"""`fixtalk serve`: the web UI, a thin Gradio layer over `Pipeline` (conventions.md item 4).
+"""`fixtalk serve`: the web UI, a thin Gradio layer over `Pipeline` (docs/architecture.md, Conventions 4).
 
 Upload a portrait, pick where the mouth, head pose and expression come from (a driving video, a second
 video, the audio, a preset emotion, or the portrait itself), set strengths and paste-back, render, and

@@ -1,4 +1,4 @@
-"""Streaming over the Pipeline: driver frames and audio chunks in, animated frames out (features.md).
+"""Streaming over the Pipeline: driver frames and audio chunks in, animated frames out (docs/architecture.md, Features).
 
     pipe = Pipeline.from_pretrained(checkpoint)
     src = pipe.prepare_source("me.jpg")                     # once, as for a batch render

@@ -33,9 +33,9 @@ from fixtalk.bench import reference_frame
 from fixtalk.checkpoint import Bundle, load_bundle
 from fixtalk.config import get_preset
 from fixtalk.faces import FaceTrack, crop, paste_back
-from fixtalk.io import VideoWriter, load_image, open_frames
+from fixtalk.io import VideoWriter, has_audio, load_image, open_frames
 from fixtalk.models.fixtalk import FixTalk
-from fixtalk.pipeline import FPS, Pipeline, has_audio, to_tensor, to_uint8
+from fixtalk.pipeline import FPS, Pipeline, to_tensor, to_uint8
 from fixtalk.runtime import Runtime
 
 FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))

@@ -1,4 +1,4 @@
-"""fixtalk.models.discriminator (architecture.md 4.1) and fixtalk.models.backbones (perceptual-loss phi)."""
+"""fixtalk.models.discriminator (docs/architecture.md 4.1) and fixtalk.models.backbones (perceptual-loss phi)."""
 
 from __future__ import annotations
 

@@ -118,7 +118,7 @@ def test_cached_source_equals_uncached(images: dict[str, torch.Tensor]) -> None:
     assert mean <= IMAGE_MEAN_TOL and within >= IMAGE_WITHIN
 
 
-# --- audio path: speech.wav -> mel -> windows -> Audio2Lip (architecture.md 6.1-6.2) ---
+# --- audio path: speech.wav -> mel -> windows -> Audio2Lip (docs/architecture.md 6.1-6.2) ---
 
 @pytest.fixture(scope="module")
 def fixture() -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -169,7 +169,7 @@ def test_real_default_shapes_and_sizes() -> None:
     assert out.f_pi_d.shape == out.f_hat_d.shape == out.f_hat_s.shape == (1, 512)
     assert out.fused.shape == fused.shape == (1, 512, 32, 32)
     assert edi.memory.m_ms.shape == (1024, 1024)
-    # architecture.md 10: EMI ~6.3 M (P) + ~0.5 M (projections) + 0.5 M pos; EDI ~1.6 + 4.5 + 4.2 M.
+    # docs/architecture.md 10: EMI ~6.3 M (P) + ~0.5 M (projections) + 0.5 M pos; EDI ~1.6 + 4.5 + 4.2 M.
     n_emi = sum(p.numel() for p in emi.parameters())
     n_edi = sum(p.numel() for p in edi.parameters())
     assert 6.5e6 < n_emi < 8.0e6, n_emi

@@ -38,7 +38,7 @@ def test_template_matches_spec_anchors() -> None:
     t = template()
     assert t.shape == (68, 2) and t.dtype == np.float32
     anchors = np.stack([*_eye_centres(t), t[30], t[48:68].mean(0)])
-    # architecture.md section 7: eyes ~(106,113), (166,114), nose ~(141,142), mouth ~(139,180)
+    # docs/architecture.md section 7: eyes ~(106,113), (166,114), nose ~(141,142), mouth ~(139,180)
     assert np.abs(anchors - faces.ANCHOR_TARGETS).max() < 5
     assert (faces.MIRROR[faces.MIRROR] == np.arange(68)).all()
     mirrored = t[faces.MIRROR] * [-1, 1]  # symmetric about a vertical axis

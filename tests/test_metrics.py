@@ -86,7 +86,7 @@ def test_ssim_identity_and_difference() -> None:
 @needs_faces
 def test_niqe_sharp_vs_blurred(portrait: np.ndarray) -> None:
     sharp, blurred = M.niqe(portrait), M.niqe(_blur(portrait))
-    assert sharp == pytest.approx(4.884, abs=0.01)       # BasicSR 1.4.2 on this image (deps_offline.md)
+    assert sharp == pytest.approx(4.884, abs=0.01)       # BasicSR 1.4.2 on this image (reference value)
     assert blurred > sharp + 3
 
 
@@ -143,7 +143,7 @@ def test_niqe_missing_params(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 @needs_faces
 def test_cpbd_lower_after_blur(portrait: np.ndarray) -> None:
     sharp, blurred = M.cpbd(portrait), M.cpbd(_blur(portrait))
-    assert sharp == pytest.approx(0.547, abs=0.01)       # cpbd-py312 on this image (deps_offline.md)
+    assert sharp == pytest.approx(0.547, abs=0.01)       # cpbd-py312 on this image (reference value)
     assert blurred < sharp - 0.3
 
 

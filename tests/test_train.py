@@ -192,7 +192,7 @@ def test_stage_two_steps(stage: str, data: Path, tiny_cfg: Path, tmp_path: Path)
 
 
 def test_frozen_parts_do_not_move(data: Path, tiny_cfg: Path, tmp_path: Path) -> None:
-    """expression stage: only ELN, the expression bank and EEM change (architecture.md 5, stage 3)."""
+    """expression stage: only ELN, the expression bank and EEM change (docs/architecture.md 5, stage 3)."""
     first = tmp_path / "a"
     train(_opts("recon", data, first, tiny_cfg, max_steps=1))
     run = tmp_path / "b"
@@ -290,7 +290,7 @@ def test_torchrun_two_processes_gloo(data: Path, tiny_cfg: Path, tmp_path: Path)
 
 
 def test_presets_prefer_mead_clips(tmp_path: Path) -> None:
-    """architecture.md 6.3: presets are the per-emotion means over MEAD clips when the data has any."""
+    """docs/architecture.md 6.3: presets are the per-emotion means over MEAD clips when the data has any."""
     from fixtalk.train.clipstore import Clip
     from fixtalk.train.setup import preset_clips
 

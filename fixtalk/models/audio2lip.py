@@ -1,4 +1,4 @@
-"""Audio2Lip: mel window -> 20 mouth-bank weights (EDTalk Sec. 3.4; architecture.md 6.2-6.3).
+"""Audio2Lip: mel window -> 20 mouth-bank weights (EDTalk Sec. 3.4; docs/architecture.md 6.2-6.3).
 
 EDTalk:networks/audio_encoder.py, class Audio2Lip: the audio encoder of the Wav2Lip generator
 (Prajwal et al., ACM MM 2020) followed by a Linear(512 -> 20) `mapping` that predicts the weights of the
@@ -31,7 +31,7 @@ class Conv2dBlock(nn.Module):
         return F.relu(out + x if self.residual else out)
 
 
-# (cin, cout, kernel, stride, padding, residual): 1x80x16 -> 512x1x1 (architecture.md 6.2).
+# (cin, cout, kernel, stride, padding, residual): 1x80x16 -> 512x1x1 (docs/architecture.md 6.2).
 _ENCODER: tuple[tuple[int, int, int, int | tuple[int, int], int, bool], ...] = (
     (1, 32, 3, 1, 1, False),
     (32, 32, 3, 1, 1, True),
@@ -71,7 +71,7 @@ _SMOOTH = _SMOOTH / _SMOOTH.sum()   # (0.2741, 0.4519, 0.2741)
 
 
 def smooth_lip_weights(alpha: torch.Tensor) -> torch.Tensor:
-    """Temporal Gaussian smoothing of per-frame lip weights (architecture.md 6.3), T x 20 -> T x 20.
+    """Temporal Gaussian smoothing of per-frame lip weights (docs/architecture.md 6.3), T x 20 -> T x 20.
 
     Zero padding at the ends, as in the reference, so the first and last frames shrink by ~27%.
     """

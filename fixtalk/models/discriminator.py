@@ -1,6 +1,6 @@
 """Image discriminator D of the adversarial loss L_adv (FixTalk Eq. 3; EDTalk:networks/discriminator.py).
 
-StyleGAN2's ResNet discriminator as LIA and EDTalk use it (architecture.md 4.1), with the same module
+StyleGAN2's ResNet discriminator as LIA and EDTalk use it (docs/architecture.md 4.1), with the same module
 names so that an EDTalk/LIA discriminator state dict loads without renaming:
 
     convs        stem ConvLayer(3 -> ch(S), 1x1), then ResBlocks halving the resolution S -> 4
@@ -9,7 +9,7 @@ names so that an EDTalk/LIA discriminator state dict loads without renaming:
     final_linear EqualLinear(ch(4)*16 -> ch(4), fused leaky ReLU), EqualLinear(ch(4) -> 1)
 
 With the default channel table (EDTalk's: 512 at 4..32, 256 at 64, 128 at 128, 64 at 256) D has
-24,001,089 parameters at 256x256 (architecture.md: "~24.0 M"). Image-level only: EDTalk's released code
+24,001,089 parameters at 256x256 (docs/architecture.md: "~24.0 M"). Image-level only: EDTalk's released code
 has no lip discriminator.
 """
 

@@ -14,8 +14,8 @@ inference, when f_4^d of the source identity does not exist:
 * MHCA (RestoreFormer-style): Q = f_4^s tokens, K = V = \\hat f_4^s tokens -> fused f_4 for G.
 
 The paper's key is z_s^d = z^d - z^s (EMI difference); ours defaults to the FDM motion difference
-m^d - m^s (EDIConfig.motion_key, architecture.md 9.3): EDI takes whatever key_dim-wide key it is given.
-The softmax carries a temperature kappa (kappa = 1 is the paper's literal form; architecture.md 9.3).
+m^d - m^s (EDIConfig.motion_key, docs/architecture.md 9.3): EDI takes whatever key_dim-wide key it is given.
+The softmax carries a temperature kappa (kappa = 1 is the paper's literal form; docs/architecture.md 9.3).
 The losses (Eqs. 6, 8) live in `fixtalk.losses`.
 """
 
@@ -202,7 +202,7 @@ class EDI(nn.Module):
 
         use_source_address picks the token that G consumes: False -> \\hat f_pi^d (driven address),
         True -> \\hat f_pi^s (Eq. 9, the inference path); a B-element bool tensor picks per sample,
-        for the curriculum that switches to the source address with probability p (architecture.md 9.3).
+        for the curriculum that switches to the source address with probability p (docs/architecture.md 9.3).
         """
         f_pi_s, f_pi_d = self.compress(f4_s), self.compress(f4_d)
         alpha_d, f_hat_d = self.memory.address_driven(f_pi_d)

@@ -12,7 +12,7 @@ input with an enhanced motion feature z built from every scale of the encoder:
   [pooled maps..., P(f_4), f_6] into z, which the FDM consumes instead of f_6.
 
 The disentanglement loss on z (Eq. 4) lives in `fixtalk.losses.disentangle_loss`.
-Unspecified details follow architecture.md 9.3 [ours]: N = 2, 32 queries, 8 heads, FFN 4C with GELU,
+Unspecified details follow docs/architecture.md 9.3 [ours]: N = 2, 32 queries, 8 heads, FFN 4C with GELU,
 learnable 2-D positional embedding on the f_4 tokens, f_6 initialised to weight 0.9.
 
 The attention building blocks (`CrossAttention`, `FeedForward`) are shared with EDI's MHCA.
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from fixtalk.config import EMIConfig
 
-F4_GRID = 32  # f_4 is the 32x32 encoder map at every input size (architecture.md 1)
+F4_GRID = 32  # f_4 is the 32x32 encoder map at every input size (docs/architecture.md 1)
 
 
 class CrossAttention(nn.Module):

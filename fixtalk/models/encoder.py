@@ -1,4 +1,4 @@
-"""Encoder E (EDTalk Sec. 3.1 / FixTalk Fig. 4a; architecture.md section 1).
+"""Encoder E (EDTalk Sec. 3.1 / FixTalk Fig. 4a; docs/architecture.md section 1).
 
 A StyleGAN2 ResNet encoder (as in LIA): a 1x1 stem, one ResBlock per halving down to 4x4, then a 4x4
 conv to a `style_dim` latent. It returns the latent f_6 ("wa") and the multi-scale maps f_{1:5} that G

@@ -1,4 +1,4 @@
-"""Face Decoupling Module (EDTalk Sec. 3.2; FixTalk Fig. 4a; architecture.md section 2).
+"""Face Decoupling Module (EDTalk Sec. 3.2; FixTalk Fig. 4a; docs/architecture.md section 2).
 
 Three latent navigations share a 4-layer linear trunk `fc`; the mouth (MLN), pose (PLN) and expression
 (ELN) heads predict the weights of three orthonormal banks: 20 mouth, 6 pose and 10 expression bases of a

@@ -1,4 +1,4 @@
-"""The whole generator: E, FDM, G, and FixTalk's EMI and EDI (FixTalk Fig. 4; architecture.md 9.2).
+"""The whole generator: E, FDM, G, and FixTalk's EMI and EDI (FixTalk Fig. 4; docs/architecture.md 9.2).
 
     source --E--> f_6^s, f^s_{1:5} ----------------------------------------------+
     driver --E--> f_6^d, f^d_{1:5} --EMI--> z^d --FDM--> m = Q alpha            |
@@ -10,7 +10,7 @@ so the baseline and FixTalk share one code path (the ablation switches of the pa
 no EEM: that is LIA itself, the second baseline of FixTalk's generalisation study (Sec. 5, Fig. 8), and
 EMI/EDI plug into it by the same switches (`fdm` names the motion network of either kind).
 
-Inference is split so that constant work runs once per source (conventions.md item 6):
+Inference is split so that constant work runs once per source (docs/architecture.md, Conventions 6):
 `prepare_source` encodes the source (maps, latent, z^s, its own motion m^s and EDI token f_pi^s), then
 `driving_features` encodes drivers, `predict_motion` maps them to bank weights, and `render` draws.
 """
@@ -134,7 +134,7 @@ class FixTalk(nn.Module):
     def render(self, src: SourceState, motion: Motion, motion_key: Tensor | None = None) -> Tensor:
         """Draw frames: latent = f_6^s + Q alpha; EDI recalls details by the motion key (Eq. 9).
 
-        motion_key defaults to m^d - m^s (architecture.md 9.3), which exists in every driving mode
+        motion_key defaults to m^d - m^s (docs/architecture.md 9.3), which exists in every driving mode
         (video, audio, preset expression, mixed sources). Returns B x 3 x S x S, raw (no clamp).
         """
         src = src.expand(motion.lip.shape[0])

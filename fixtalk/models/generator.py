@@ -1,4 +1,4 @@
-"""Generator G: the flow-warping style decoder (EDTalk Sec. 3.1/3.3; FixTalk Fig. 4a; architecture.md 3).
+"""Generator G: the flow-warping style decoder (EDTalk Sec. 3.1/3.3; FixTalk Fig. 4a; docs/architecture.md 3).
 
 A StyleGAN2 decoder driven by latent = f_6^s + m. At every resolution 8..S a ToFlow head predicts a
 dense flow (tanh) and a mask (sigmoid) that warp the *source* encoder map of that resolution into the
@@ -10,7 +10,7 @@ every output pixel from warped *feature maps*, which takes GPU-days to become sh
 `PixelWarp` head also warps the source *image* and blends it with G's RGB through a learned occlusion mask
 (FOMM/TPSMM occlusion-aware warping), so G only has to fill what the source cannot show.
 
-Quirks kept for checkpoint compatibility (architecture.md 11): ToRGB applies a leaky ReLU before its
+Quirks kept for checkpoint compatibility (docs/architecture.md 11): ToRGB applies a leaky ReLU before its
 bias; the identity grid is linspace(-1, 1) while grid_sample uses align_corners=False; `to_rgb1`, the
 noise weights and EEM's dead conv1/norm1 branch exist as parameters but are never evaluated.
 """

@@ -1,4 +1,4 @@
-"""StyleGAN2 building blocks shared by E, G and D (EDTalk, via LIA; architecture.md section 1 and 3.1).
+"""StyleGAN2 building blocks shared by E, G and D (EDTalk, via LIA; docs/architecture.md section 1 and 3.1).
 
 Equalised learning rate: weights are stored ~N(0, 1) and scaled at run time by 1/sqrt(fan_in) (Karras et
 al. 2018), which is why official checkpoints hold unit-variance tensors. Parameter names mirror the

@@ -1,5 +1,5 @@
 """Linear Motion Decomposition: LIA's motion network (LIA, Wang et al., ICLR 2022, Sec. 3; FixTalk Sec. 5,
-"Generalizability"; architecture.md 1 and 3, "Stage-1 (LIA) variant").
+"Generalizability"; docs/architecture.md 2.3).
 
 LIA navigates the latent space along one learned set of directions D = {d_1, ..., d_M} (M = 20 in the
 released models): a linear MLP of 4 x EqualLinear(512, 512) + EqualLinear(512, M) (no activations) maps the

@@ -16,7 +16,7 @@ example:
 """
 
 TRAIN_EPILOG = """
-stages (architecture.md 5, 9.3), in order:
+stages (docs/architecture.md 5, 9.3), in order:
   recon       E+G self-reconstruction: L1 + perceptual + GAN (+ L_dis with EMI)
   mouth-pose  cross-reconstruction from mouth-swap composites + lip/pose latent consistency
   expression  expression head + bank + EEM only (rest frozen), complementary self-reconstruction

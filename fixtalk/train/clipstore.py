@@ -4,7 +4,7 @@
                             keyframe, decode at most 9 more), AAC 16 kHz mono audio when the clip has audio
     DATA/clips/<clip>.npz   landmarks (N, 68, 2) float32 in crop pixels, NaN for frames without a face (rows stay
                             aligned with the frames, never dropped); mel (N, 1, 80, 16) float16 Wav2Lip windows
-                            (architecture.md 6.1; 0 rows without audio); fps; size; start (first source frame at
+                            (docs/architecture.md 6.1; 0 rows without audio); fps; size; start (first source frame at
                             25 fps); transforms (N, 2, 3): image -> template transform of each crop (faces.py)
     DATA/clips/<clip>.json  per-clip result of prep: kept, or dropped with the reason
     DATA/manifest.csv       clip, identity, emotion, frames, split (train/test by identity), has_audio, source

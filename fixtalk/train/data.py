@@ -1,4 +1,4 @@
-"""Training data over a `fixtalk prep` folder (architecture.md 5 "data & sampling", 5.1, 7).
+"""Training data over a `fixtalk prep` folder (docs/architecture.md 5 "data & sampling", 5.1, 7).
 
 Three item kinds, all sampled per clip (an epoch = one item per clip, as EDTalk's datasets):
 
@@ -55,13 +55,13 @@ def scale_landmarks(lm: np.ndarray, src: int, dst: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- mouth swap
 
 def _anchors(lm: np.ndarray) -> np.ndarray:
-    """Centre of left eye (36-41), right eye (42-47) and inner mouth (60-67) (architecture.md 5.1)."""
+    """Centre of left eye (36-41), right eye (42-47) and inner mouth (60-67) (docs/architecture.md 5.1)."""
     return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[60:68].mean(0)])
 
 
 def mouth_swap(face_x: np.ndarray, lm_x: np.ndarray, face_y: np.ndarray, lm_y: np.ndarray,
                margin: float | None = None) -> np.ndarray:
-    """"Face of X with the mouth of Y" (EDTalk:datasets/dataset_HDTF_lip_nonlip.py; architecture.md 5.1).
+    """"Face of X with the mouth of Y" (EDTalk:datasets/dataset_HDTF_lip_nonlip.py; docs/architecture.md 5.1).
 
     Similarity from Y's 3 anchors to X's, translated so Y's inner-mouth centre lands exactly on X's; Y is warped
     onto an X-sized canvas (EDTalk's 224 canvas is a quirk) and the box of X's mouth landmarks 48-67, grown by

@@ -1,7 +1,7 @@
-"""The generic training loop of every stage (architecture.md 5; conventions.md item 8).
+"""The generic training loop of every stage (docs/architecture.md 5; docs/architecture.md, Conventions 8).
 
 * Adam as EDTalk: G lr 0.002 * 4/5, betas (0, 0.99^(4/5)); D lr 0.002 * 16/17, betas (0, 0.99^(16/17));
-  non-saturating GAN, no R1 / path-length regularisation (architecture.md 4.2, 5). bf16 autocast on CUDA.
+  non-saturating GAN, no R1 / path-length regularisation (docs/architecture.md 4.2, 5). bf16 autocast on CUDA.
 * One step = generator step (D frozen) then discriminator step on the same, detached fakes (LIA/EDTalk order).
 * Multi-GPU / multi-node with `torchrun`: DDP (NCCL on GPU, gloo on CPU) around `StageLosses` (one forward per
   step) and `DiscriminatorLoss`; `EpochSampler` = DistributedSampler that resumes mid-epoch.

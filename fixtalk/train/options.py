@@ -1,7 +1,7 @@
-"""Resolved options of one training run (written to RUN/config.json; conventions.md item 8).
+"""Resolved options of one training run (written to RUN/config.json; docs/architecture.md, Conventions 8).
 
 One frozen dataclass holds every knob of `fixtalk train`; the CLI only fills it. Stage presets (the table of
-architecture.md 5 and our defaults of 9.3) give the batch size, the trained sub-modules and the data kind.
+docs/architecture.md 5 and our defaults of 9.3) give the batch size, the trained sub-modules and the data kind.
 """
 
 from __future__ import annotations

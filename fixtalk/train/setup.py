@@ -122,7 +122,7 @@ def partial_load(module: nn.Module, state: dict[str, torch.Tensor] | None) -> st
     """Load every tensor whose name and shape match; returns a one-line summary of what was (not) loaded.
 
     This is how a FixTalk model starts from EDTalk weights (EMI/EDI new) or a 512 model from a 256 one
-    (architecture.md 9.3: only the stem, first ResBlock and 512-level decoder layers differ).
+    (docs/architecture.md 9.3: only the stem, first ResBlock and 512-level decoder layers differ).
     """
     if state is None:
         return "nothing to load"
@@ -179,7 +179,7 @@ def preset_clips(clips: list[Clip]) -> list[Clip]:
 def expression_presets(model: FixTalk, clips: list[Clip], size: int, device: torch.device,
                        frames_per_clip: int = 8, max_frames: int = 128) -> dict[str, np.ndarray]:
     """Per-emotion mean of the expression weights (exp_fc) over frames of clips with that emotion label
-    (architecture.md 6.3 [ours]: how EDTalk's predefined_exp_weights/*.npy are regenerated). (1, exp_dim) each.
+    (docs/architecture.md 6.3 [ours]: how EDTalk's predefined_exp_weights/*.npy are regenerated). (1, exp_dim) each.
     MEAD clips are used where there are any: their eight labels are acted at a controlled intensity, while
     free-form labels ("expressive", a "happy" vlog) mix emotion with speaking style."""
     out: dict[str, np.ndarray] = {}

@@ -1,4 +1,4 @@
-"""The generator-side losses of each training stage (architecture.md 4.2, 5, 9.3; FixTalk Eqs. 2-8).
+"""The generator-side losses of each training stage (docs/architecture.md 4.2, 5, 9.3; FixTalk Eqs. 2-8).
 
 `StageLosses` is the one module the loop wraps in DistributedDataParallel: a single `forward(batch, progress)`
 per step runs every network call of the stage and returns the weighted total, the individual terms (for the
@@ -117,7 +117,7 @@ class StageLosses(nn.Module):
         return total, logs, drv, out.image, [src, drv, out.image]
 
     def _mouth_pose(self, batch: dict[str, Any]) -> StepOutput:
-        """EDTalk Mouth-Pose decoupling (architecture.md 5 stage 2 and 5.1)."""
+        """EDTalk Mouth-Pose decoupling (docs/architecture.md 5 stage 2 and 5.1)."""
         m = self.model
         a_id, a, b_id, b, a_bm, b_am = (batch[k] for k in ("a_id", "a", "b_id", "b", "a_bm", "b_am"))
         n = a.shape[0]
@@ -144,7 +144,7 @@ class StageLosses(nn.Module):
                                                                            img_cb]
 
     def _audio2lip(self, batch: dict[str, Any]) -> StepOutput:
-        """EDTalk Audio2Mouth (architecture.md 5 stage 4); targets from the current, frozen generator."""
+        """EDTalk Audio2Mouth (docs/architecture.md 5 stage 4); targets from the current, frozen generator."""
         assert self.audio2lip is not None
         m = self.model
         frames, mel, ident = batch["frames"], batch["mel"], batch["ident"]

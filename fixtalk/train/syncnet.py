@@ -1,4 +1,4 @@
-"""Wav2Lip's colour "expert" SyncNet, frozen, for the SyncNet loss of the audio stage (architecture.md 4.2).
+"""Wav2Lip's colour "expert" SyncNet, frozen, for the SyncNet loss of the audio stage (docs/architecture.md 4.2).
 
 Prajwal et al., "A Lip Sync Expert Is All You Need" (ACM MM 2020), models/syncnet.py `SyncNet_color`: a face
 encoder over 5 stacked lower-face crops (15 x 48 x 96, RGB order as cv2 reads it = BGR, values in [0, 1]) and
