@@ -88,8 +88,15 @@ def save_bundle(bundle: Bundle, out_dir: str | Path, dtype: torch.dtype | None =
         "files": digests,
     }
     (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    replace_dir(tmp, out)
+    return out
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished directory `tmp` at `out` by renames, so a reader never sees a half-written one; an
+    existing `out` (a flat directory of files) is moved aside first and removed after."""
     if out.exists():
-        backup = out.with_name(out.name + ".old")
+        backup = out.with_name(f".{out.name}.old")
         os.replace(out, backup)
         os.replace(tmp, out)
         for p in backup.iterdir():
@@ -97,7 +104,6 @@ def save_bundle(bundle: Bundle, out_dir: str | Path, dtype: torch.dtype | None =
         backup.rmdir()
     else:
         os.replace(tmp, out)
-    return out
 
 
 def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:

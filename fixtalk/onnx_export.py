@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import tempfile
 import types
 import warnings
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fixtalk.checkpoint import replace_dir
 from fixtalk.config import ModelConfig
 from fixtalk.models.edi import Compressor
 from fixtalk.models.emi import F4_GRID
@@ -237,7 +237,7 @@ def export_graphs(model: FixTalk, out_dir: str | Path) -> Path:
                     "torch": torch.__version__, "source_outputs": source_names(cfg),
                     "render_inputs": graph_inputs(tmp / "render.onnx")}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         for p in tmp.iterdir():
             p.unlink()
@@ -252,15 +252,3 @@ def graph_inputs(path: Path) -> list[str]:
     import onnx
 
     return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old")
-        os.replace(out, backup)
-        os.replace(tmp, out)
-        for p in backup.iterdir():
-            p.unlink()
-        backup.rmdir()
-    else:
-        os.replace(tmp, out)
