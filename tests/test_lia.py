@@ -80,7 +80,7 @@ def test_convert_edtalk_points_lia_files_to_convert_lia(tmp_path: Path, official
     with pytest.raises(InputError, match="convert-lia"):
         layout_only = {k: torch.zeros(()).expand(v.shape) for k, v in official_state.items()}
         convert_edtalk(_official_file(tmp_path / "vox.pt", layout_only))
-    with pytest.raises(InputError, match="file not found"):
+    with pytest.raises(InputError, match="not found"):
         convert_lia(tmp_path / "missing.pt")
 
 
