@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fixtalk.config import EMOTIONS, SAMPLE_RATE
 from fixtalk.errors import InputError
@@ -123,7 +123,7 @@ def summary(latencies: list[float], timings: dict[str, list[float]], wall: float
 def _live(args: argparse.Namespace) -> int:
     from fixtalk.driving import check_one_motion, parse_factors, require_audio
     from fixtalk.pipeline import FPS, Pipeline
-    from fixtalk.stream import SAMPLES_PER_FRAME, Stream
+    from fixtalk.stream import Stream
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="fixtalk: %(message)s")
     if args.output and not args.output.lower().endswith((".mp4", ".mov", ".mkv")):
@@ -133,16 +133,7 @@ def _live(args: argparse.Namespace) -> int:
     parse_factors(mouth, args.pose, args.expression, stream=True)  # bad specs fail before any file is read
     options = RuntimeOptions.from_args(args)  # bad runtime flags fail before any file is read
     check_tune(args)
-    camera = args.driving.isdigit() and not Path(args.driving).exists()
-    wav = None
-    if args.audio:
-        from fixtalk.audio import load_audio
-
-        wav = load_audio(args.audio)
-    if camera:
-        frames, fps = _camera(int(args.driving), args.max_frames)
-    else:
-        frames, fps = _video(args.driving, args.max_frames, args.realtime), float(FPS)
+    camera, wav, frames, fps = _inputs(args)
     rt = options.runtime()
     print(f"fixtalk live: {rt.describe()}", flush=True)
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=1, progress=False, tune_steps=args.tune,
@@ -154,16 +145,7 @@ def _live(args: argparse.Namespace) -> int:
                     paste_back=not args.no_paste_back, fps=fps if mouth != "audio" else FPS)
     uses_frames = "driver" in (mouth, args.pose, args.expression)
     feed: np.ndarray | None = wav if mouth == "audio" else None  # streamed into the model, not just muxed
-    writer = None
-    if args.output:
-        from fixtalk.io import VideoWriter, probe
-
-        kw: dict = {}
-        if wav is not None:
-            kw = {"audio": wav, "sample_rate": SAMPLE_RATE}
-        elif not camera and probe(args.driving).audio_codec:
-            kw = {"audio_from": args.driving}
-        writer = VideoWriter(args.output, fps if uses_frames else FPS, **kw)
+    writer = _writer(args, wav, camera, fps if uses_frames else FPS)
     shown = 0
 
     def emit(outs: list[np.ndarray]) -> None:
@@ -176,21 +158,8 @@ def _live(args: argparse.Namespace) -> int:
             shown += 1
 
     t0 = time.perf_counter()
-    pushed = 0
     try:
-        if uses_frames:
-            for frame in frames:
-                chunk = None
-                if feed is not None:  # the 40 ms of audio that belong to this frame
-                    chunk = feed[pushed * SAMPLES_PER_FRAME:(pushed + 1) * SAMPLES_PER_FRAME]
-                emit(stream.push(frame, chunk if chunk is not None and len(chunk) else None))
-                pushed += 1
-            if feed is not None and args.max_frames is None:  # the audio outlasts the driver: feed the rest
-                emit(stream.push(audio=feed[pushed * SAMPLES_PER_FRAME:]))
-        elif feed is not None:
-            limit = len(feed) if args.max_frames is None else args.max_frames * SAMPLES_PER_FRAME
-            for start in range(0, min(len(feed), limit), SAMPLES_PER_FRAME):
-                emit(stream.push(audio=feed[start:start + SAMPLES_PER_FRAME]))
+        _feed(stream, frames if uses_frames else None, feed, args.max_frames, emit)
         emit(stream.flush())
     except KeyboardInterrupt:
         emit(stream.flush())
@@ -208,3 +177,55 @@ def _live(args: argparse.Namespace) -> int:
     if writer is not None and shown:
         print(f"wrote {args.output} ({shown} frames, {shown / FPS:.2f} s)")
     return 0
+
+
+def _writer(args: argparse.Namespace, wav: np.ndarray | None, camera: bool, fps: float) -> Any:
+    """The --output VideoWriter (None without --output), with the driving audio or the speech muxed in."""
+    if not args.output:
+        return None
+    from fixtalk.io import VideoWriter, probe
+
+    kw: dict = {}
+    if wav is not None:
+        kw = {"audio": wav, "sample_rate": SAMPLE_RATE}
+    elif not camera and probe(args.driving).audio_codec:
+        kw = {"audio_from": args.driving}
+    return VideoWriter(args.output, fps, **kw)
+
+
+def _feed(stream: Any, frames: Iterator[np.ndarray] | None, feed: np.ndarray | None, max_frames: int | None,
+          emit: Callable[[list[np.ndarray]], None]) -> None:
+    """Push the driver frames (each with its 40 ms of audio) or, without frames, the audio alone."""
+    from fixtalk.config import SAMPLES_PER_FRAME
+
+    pushed = 0
+    if frames is not None:
+        for frame in frames:
+            chunk = None
+            if feed is not None:  # the 40 ms of audio that belong to this frame
+                chunk = feed[pushed * SAMPLES_PER_FRAME:(pushed + 1) * SAMPLES_PER_FRAME]
+            emit(stream.push(frame, chunk if chunk is not None and len(chunk) else None))
+            pushed += 1
+        if feed is not None and max_frames is None:  # the audio outlasts the driver: feed the rest
+            emit(stream.push(audio=feed[pushed * SAMPLES_PER_FRAME:]))
+    elif feed is not None:
+        limit = len(feed) if max_frames is None else max_frames * SAMPLES_PER_FRAME
+        for start in range(0, min(len(feed), limit), SAMPLES_PER_FRAME):
+            emit(stream.push(audio=feed[start:start + SAMPLES_PER_FRAME]))
+
+
+def _inputs(args: argparse.Namespace) -> tuple[bool, np.ndarray | None, Iterator[np.ndarray], float]:
+    """(driver is a camera, the --audio samples, the driver frames, their frame rate)."""
+    from fixtalk.config import FPS
+
+    camera = args.driving.isdigit() and not Path(args.driving).exists()
+    wav = None
+    if args.audio:
+        from fixtalk.audio import load_audio
+
+        wav = load_audio(args.audio)
+    if camera:
+        frames, fps = _camera(int(args.driving), args.max_frames)
+    else:
+        frames, fps = _video(args.driving, args.max_frames, args.realtime), float(FPS)
+    return camera, wav, frames, fps
