@@ -106,8 +106,8 @@ def _extensions() -> list[Callable]:
     import importlib
 
     found = []
-    for mod in ("fixtalk.pipeline_cli", "fixtalk.bench_cli", "fixtalk.train.cli", "fixtalk.eval.cli", "fixtalk.serve",
-                "fixtalk.onnx_cli"):
+    for mod in ("fixtalk.pipeline_cli", "fixtalk.live", "fixtalk.bench_cli", "fixtalk.train.cli", "fixtalk.eval.cli",
+                "fixtalk.serve", "fixtalk.onnx_cli"):
         try:
             found.append(importlib.import_module(mod).register)
         except ModuleNotFoundError as err:

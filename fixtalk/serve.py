@@ -7,8 +7,6 @@ clip length, runs one render at a time (the device is the bottleneck; later jobs
 input (`InputError`) as a message in the page rather than a traceback, and makes no outside calls:
 analytics off, fonts and scripts served by the app itself (tests/test_web.py checks every request the
 page makes goes to the server).
-
-This module also registers `fixtalk live` (fixtalk/live.py) with the CLI.
 """
 
 from __future__ import annotations
@@ -252,10 +250,6 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     p.add_argument("--examples", type=Path, default=None,
                    help="folder of example inputs (default: $FIXTALK_FACES_DIR or ../shared/data/faces)")
     handlers["serve"] = _serve
-
-    from fixtalk.live import register as register_live
-
-    register_live(sub, handlers)
 
 
 def _serve(args: argparse.Namespace) -> int:
