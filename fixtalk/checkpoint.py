@@ -173,9 +173,9 @@ def first_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tenso
 
 
 # --- official EDTalk checkpoints ------------------------------------------------------------------
-def read_legacy_pt(path: str | Path) -> dict:
+def read_legacy_pt(path: str | Path, what: str = "EDTalk checkpoint") -> dict:
     """torch.load with weights_only=True; argparse.Namespace (training args) is the one allowed class."""
-    return read_weights(path, "EDTalk checkpoint", allowed=[argparse.Namespace])
+    return read_weights(path, what, allowed=[argparse.Namespace])
 
 
 def edtalk_to_fixtalk_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -233,7 +233,7 @@ def convert_lia(path: str | Path, preset: str = "lia-256") -> FixTalk:
     The layout is checked in LIA's own key names, so a refusal names the first bad key as the file spells it.
     """
     p = Path(path)
-    obj = read_legacy_pt(p)
+    obj = read_legacy_pt(p, "LIA checkpoint")
     if "gen" not in obj:
         raise InputError(p, f"no 'gen' entry: not a LIA checkpoint (keys: {sorted(obj)[:5]})")
     state = obj["gen"]

@@ -34,8 +34,8 @@ import torch
 from fixtalk.checkpoint import Bundle, load_bundle, load_expression_npy
 from fixtalk.config import FPS as FPS  # re-exported: the Pipeline's frame rate
 from fixtalk.config import SAMPLE_RATE, SAMPLES_PER_FRAME
-from fixtalk.driving import Drive as Drive  # re-exported: the Drive/FactorTrack a Pipeline returns
 from fixtalk.driving import (
+    FACTORS,
     FactorSpec,
     check_expression,
     check_one_motion,
@@ -46,6 +46,7 @@ from fixtalk.driving import (
     relative,
     require_audio,
 )
+from fixtalk.driving import Drive as Drive  # re-exported: the Drive/FactorTrack a Pipeline returns
 from fixtalk.driving import FactorTrack as FactorTrack
 from fixtalk.driving import pingpong as pingpong
 from fixtalk.errors import InputError
@@ -285,10 +286,12 @@ class Pipeline:
         if spec.kind == "npy":
             return FactorTrack(torch.from_numpy(load_expression_npy(spec.value, self.cfg.exp_dim)), spec.label)
         key = str(Path(spec.value).resolve())
-        if key not in cache:
-            cache[key] = self.video_features(Path(spec.value), max_frames=max_frames, thumbs=side_by_side)
-        feats, thumbs = cache[key]
-        w = predict_weights(self.runtime, self.model, feats, [spec.factor])[spec.factor]
+        if key not in cache:  # one decode and one motion prediction per video, whatever factors it drives
+            feats, thumbs = self.video_features(Path(spec.value), max_frames=max_frames, thumbs=side_by_side)
+            factors = [f for f in FACTORS if f != "exp" or self.cfg.has_expression]
+            cache[key] = predict_weights(self.runtime, self.model, feats, factors), thumbs
+        weights, thumbs = cache[key]
+        w = weights[spec.factor]
         if self.relative:  # the driver's motion since its first frame, on the source's own (Motion.relative)
             w = relative(w, w[:1], own)
         return FactorTrack(w, spec.label, thumbs)

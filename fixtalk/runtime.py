@@ -8,6 +8,7 @@ overflow on older GPUs: "black frames"), warns once and recomputes that call in 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 M = TypeVar("M", bound=nn.Module)
 
 
+@functools.cache  # read once: --dtype auto and the first printed line both ask
 def cpu_description() -> tuple[str, list[str]]:
     """(CPU model name, its bf16 units among amx_bf16 / avx512_bf16) from /proc/cpuinfo ("?" elsewhere)."""
     from pathlib import Path

@@ -39,7 +39,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fixtalk.audio import SAMPLE_RATE, melspectrogram
+from fixtalk.audio import melspectrogram
+from fixtalk.config import SAMPLE_RATE, SAMPLES_PER_FRAME
 from fixtalk.driving import (
     FACTORS,
     check_expression,
@@ -56,7 +57,6 @@ from fixtalk.models.audio2lip import smooth_lip_weights
 from fixtalk.models.fdm import Motion
 from fixtalk.pipeline import FLAT_CROP_STD, FPS, Pipeline, PreparedSource, to_tensor, to_uint8
 
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 samples = 40 ms = 3.2 mel frames of 200 samples
 MEL_HOP, MEL_HALF = 200, 400            # STFT hop and half window (centred frames) of fixtalk.audio
 
 

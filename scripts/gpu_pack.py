@@ -23,6 +23,7 @@ import torch
 
 from fixtalk.models.backbones import MOBILENET_V2_PACKAGE, mobilenet_v2_weights_path
 from fixtalk.train.clipstore import read_frames, save_npz, write_clip
+from fixtalk.weights import read_weights
 
 
 def pack_clip(src: Path, dst: Path, clip: str, frames: int, cap: int, size: int) -> int:
@@ -66,7 +67,7 @@ def main() -> None:
         pkg = out / "site" / MOBILENET_V2_PACKAGE
         (pkg / "weights").mkdir(parents=True, exist_ok=True)
         (pkg / "__init__.py").touch()
-        state = torch.load(weights, weights_only=True)
+        state = read_weights(weights, "MobileNetV2 weights")
         half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         torch.save(half, pkg / "weights" / weights.name)
     print(f"packed {len(rows)} train clips, {sum(int(r['frames']) for r in rows)} frames -> {out}")
