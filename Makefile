@@ -7,7 +7,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-FACES ?= $(or $(FIXTALK_FACES_DIR),../shared/data/faces)
+# The dev data (faces, parity fixtures): ../shared beside the checkout; a clone made elsewhere from a local
+# checkout finds it beside that checkout (its origin). Tests and the web UI read it through these variables.
+ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
+SHARED ?= $(abspath $(firstword $(wildcard ../shared $(ORIGIN)/../shared) ../shared))
+FACES ?= $(or $(FIXTALK_FACES_DIR),$(SHARED)/data/faces)
+export FIXTALK_FACES_DIR := $(FACES)
+export FIXTALK_PARITY_FIXTURE ?= $(SHARED)/fixtures/edtalk_parity
+export FIXTALK_LIA_FIXTURE ?= $(SHARED)/fixtures/lia_parity
 PYTEST_ARGS ?= -q
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fixtalk-installed

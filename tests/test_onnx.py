@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_checkpoint
+from conftest import FACES, tiny_checkpoint
 
 pytest.importorskip("onnxruntime", reason="pip install 'fixtalk[onnx]'")
 pytest.importorskip("onnx", reason="pip install 'fixtalk[onnx]'")
@@ -34,7 +33,6 @@ from fixtalk.pipeline import Drive, FactorTrack, Pipeline  # noqa: E402
 from fixtalk.runtime import Runtime  # noqa: E402
 from tests.test_model import TINY, _randomise  # noqa: E402
 
-FACES = Path(os.environ.get("FIXTALK_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
 PORTRAIT = "images/edtalk__identity_source.jpg"
 CLIP = "videos/edtalk__mouth_source.mp4"
 pytestmark = pytest.mark.usefixtures("one_thread")
