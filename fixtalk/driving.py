@@ -181,6 +181,15 @@ def relative(weights: torch.Tensor, start: torch.Tensor, own: torch.Tensor) -> t
     return weights - start + own
 
 
+def audio_mouth(cfg: ModelConfig, predicted: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Mouth weights from Audio2Lip's (smoothed) output, by `cfg.audio_lip`: "absolute" (EDTalk) uses the output
+    as the weights; "relative" puts it, as a change from the speaker's mean mouth, on the portrait's own weights.
+    Why relative (docs/architecture.md 6.3): speech cannot say whose mouth it is, and the mean mouth weights of
+    different clips spread ~10x more than one speaker's weights move while talking, so an absolute target
+    teaches Audio2Lip mostly to guess the identity, and its guess lands on the portrait as a foreign mouth."""
+    return own + predicted if cfg.audio_lip == "relative" else predicted
+
+
 def mix(own: torch.Tensor, driven: torch.Tensor, strength: float) -> torch.Tensor:
     """The strength mix around the portrait's own weights: 0 holds it, 1 follows the driver, >1 exaggerates."""
     return own + strength * (driven - own)

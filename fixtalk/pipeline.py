@@ -37,6 +37,7 @@ from fixtalk.config import SAMPLE_RATE, SAMPLES_PER_FRAME
 from fixtalk.driving import (
     FACTORS,
     FactorSpec,
+    audio_mouth,
     check_expression,
     check_one_motion,
     check_strength,
@@ -246,7 +247,8 @@ class Pipeline:
         return torch.cat(feats)[idx], small
 
     def audio_lip(self, audio: str | Path, max_frames: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-        """Audio2Lip mouth weights (T x 20) at 25 fps, Gaussian-smoothed (docs/architecture.md 6.3)."""
+        """Audio2Lip's output (T x 20) at 25 fps, Gaussian-smoothed (docs/architecture.md 6.3), and the samples.
+        `fixtalk.driving.audio_mouth` turns it into the portrait's mouth weights."""
         from fixtalk.audio import crop_to_frames, load_audio, mel_windows, melspectrogram, num_video_frames
         from fixtalk.models.audio2lip import smooth_lip_weights
 
@@ -276,7 +278,7 @@ class Pipeline:
             assert audio is not None  # parse_factors checked it
             if "audio" not in cache:
                 cache["audio"] = self.audio_lip(audio, max_frames)
-            return FactorTrack(cache["audio"][0], "audio")
+            return FactorTrack(audio_mouth(self.cfg, cache["audio"][0], own), "audio")
         if spec.kind == "emotion":
             presets = self.bundle.expression_presets
             if spec.value not in presets:

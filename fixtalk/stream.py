@@ -43,6 +43,7 @@ from fixtalk.audio import melspectrogram
 from fixtalk.config import SAMPLE_RATE, SAMPLES_PER_FRAME
 from fixtalk.driving import (
     FACTORS,
+    audio_mouth,
     check_expression,
     check_one_motion,
     check_strength,
@@ -287,7 +288,8 @@ class Stream:
         done = len(self._raw) if final else len(self._raw) - 1
         for i in range(len(self._lip), max(done, 0)):
             window = torch.cat(self._raw.window(max(i - 1, 0), i + 2))
-            self._lip.append(smooth_lip_weights(window)[min(i, 1)][None])
+            smoothed = smooth_lip_weights(window)[min(i, 1)][None]
+            self._lip.append(audio_mouth(pipe.cfg, smoothed, self._base.lip.cpu()))
         self._trim()
         if len(new):
             self.timings["audio"].append(time.perf_counter() - t0)

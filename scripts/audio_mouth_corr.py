@@ -22,6 +22,7 @@ import torch
 
 from fixtalk.audio import load_audio
 from fixtalk.config import SAMPLES_PER_FRAME
+from fixtalk.driving import audio_mouth
 from fixtalk.faces import FaceDetector
 from fixtalk.pipeline import Drive, FactorTrack, Pipeline
 from fixtalk.train.clipstore import read_clips, read_frames
@@ -73,6 +74,7 @@ def main() -> None:
         lip, wav = pipe.audio_lip(clip.mp4, max_frames=n)
         n = min(n, len(lip))
         own = src.state.motion
+        lip = audio_mouth(pipe.cfg, lip, own.lip.float().cpu())
         drive = Drive(FactorTrack(lip[:n], "audio"), FactorTrack(own.pose.float().cpu(), "pose"),
                       None if own.exp is None else FactorTrack(own.exp.float().cpu(), "exp"), n)
         render = np.array([np.nan if (lm := landmarks_of(det, f)) is None else opening(lm)

@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from fixtalk.config import EMOTIONS, ModelConfig
-from fixtalk.driving import choices, mix, mix_motion, parse_factor, parse_factors, predict_weights, require_audio
+from fixtalk.driving import (
+    audio_mouth,
+    choices,
+    mix,
+    mix_motion,
+    parse_factor,
+    parse_factors,
+    predict_weights,
+    require_audio,
+)
 from fixtalk.errors import InputError
 from fixtalk.models.fdm import Motion
 from fixtalk.runtime import Runtime
@@ -87,3 +96,14 @@ def test_choices() -> None:
     assert got["lip"] == ["video", "audio", "source"] and got["pose"] == ["video", "source"]
     assert got["exp"] == ["video", "source", *[e for e in EMOTIONS if e in ("sad", "happy")]]
     assert "audio" not in choices(None, has_audio2lip=False, presets=[])["lip"]
+
+
+def test_audio_mouth_relative_puts_the_change_on_the_portrait() -> None:
+    """ModelConfig.audio_lip: "relative" adds Audio2Lip's output to the portrait's own mouth, "absolute" uses it."""
+    pred, own = torch.randn(7, 20), torch.randn(1, 20)
+    rel, ab = ModelConfig(audio_lip="relative"), ModelConfig()
+    torch.testing.assert_close(audio_mouth(rel, pred, own), pred + own)
+    torch.testing.assert_close(audio_mouth(ab, pred, own), pred)
+    assert not torch.allclose(audio_mouth(rel, pred, own), audio_mouth(ab, pred, own))
+    with pytest.raises(ValueError, match="audio_lip"):
+        ModelConfig(audio_lip="offset")

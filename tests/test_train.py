@@ -186,8 +186,9 @@ def test_stage_two_steps(stage: str, data: Path, tiny_cfg: Path, tmp_path: Path)
     assert cfg["stage"] == stage and cfg["params"]["trainable"] > 0
     bundle = load_bundle(run / "final")
     assert (bundle.audio2lip is not None) == (stage == "audio2lip")
-    if stage == "expression":  # per-emotion mean expression weights of the labelled clips
-        assert set(bundle.expression_presets) == {"neutral", "angry", "happy"}
+    # per-emotion mean expression weights of the labelled clips, recomputed by every stage that moves the heads
+    presets = {"neutral", "angry", "happy"} if stage not in ("audio2lip", "finetune") else set()
+    assert set(bundle.expression_presets) == presets
     assert list((run / "samples").glob("step_*.png"))
 
 
@@ -322,3 +323,38 @@ def test_gan_weight_zero_drops_the_discriminator(data: Path, tiny_cfg: Path, tmp
     ck = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ck["d"] is None and ck["opt_d"] is None
     assert not any("gan" in k for r in _log(run) for k in r)
+
+
+def test_audio2lip_targets_cached_and_centred(data: Path, tiny_cfg: Path, tmp_path: Path) -> None:
+    """train/lip_targets.py: the frozen generator's mouth weights of every frame, computed once per run and
+    re-used on resume; a relative Audio2Lip (the preset's default) learns them minus the clip's mean."""
+    from fixtalk.train import lip_targets
+    from fixtalk.train.clipstore import read_clips
+    from fixtalk.train.data import AudioDataset
+
+    run = tmp_path / "a2l"
+    opts = _opts("audio2lip", data, run, tiny_cfg, image_losses=False)
+    assert train(opts) == 0
+    cache = run / lip_targets.FILE
+    stamp = cache.stat().st_mtime_ns
+    model = load_bundle(run / "final").model
+    clips = [c for c in read_clips(data)[0] if c.has_audio]
+    with np.load(cache) as z:
+        got = {c.name: z[c.name] for c in clips}
+    want = lip_targets.compute(model, clips, SIZE, torch.device("cpu"), say=False)
+    for c in clips:  # what inference predicts for each frame, frame for frame
+        np.testing.assert_allclose(got[c.name], want[c.name], atol=1e-5)
+        assert got[c.name].shape == (c.frames, model.cfg.lip_dim)
+    assert train(dataclasses.replace(opts, max_steps=3)) == 0
+    assert cache.stat().st_mtime_ns == stamp  # resumed: read back, not recomputed
+    other = load_bundle(run / "final").model
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    assert lip_targets.fingerprint(other) != lip_targets.fingerprint(model)  # another generator: recomputed
+    ds = AudioDataset(clips, SIZE, frames=False)
+    ds.targets = got
+    item = ds[0]
+    assert set(item) >= {"mel", "lip", "lip_mean"} and "frames" not in item
+    first = item["lip"][0].numpy()
+    owner = next(c.name for c in clips if np.isclose(got[c.name], first).all(1).any())  # the item's clip
+    np.testing.assert_allclose(item["lip_mean"].numpy(), got[owner].mean(0), atol=1e-6)

@@ -152,9 +152,12 @@ class CheckpointRow:
         self._start = Motion(motion.lip[:1], motion.pose[:1], first)
         return motion
 
-    def audio_lip(self, audio: str) -> torch.Tensor | None:
-        """Audio2Lip mouth weights (T x lip_dim) of a speech file; None without an Audio2Lip."""
-        return self.pipe.audio_lip(audio)[0] if self.has_audio2lip else None
+    def audio_lip(self, audio: str, own: torch.Tensor) -> torch.Tensor | None:
+        """Mouth weights (T x lip_dim) driven by a speech file for a source whose own are `own` (1 x lip_dim);
+        None without an Audio2Lip."""
+        from fixtalk.driving import audio_mouth
+
+        return audio_mouth(self.cfg, self.pipe.audio_lip(audio)[0], own) if self.has_audio2lip else None
 
     def expression(self, emotion: str) -> torch.Tensor | None:
         """The checkpoint's expression preset for a MEAD emotion (1 x exp_dim), None when it has none."""

@@ -215,7 +215,7 @@ class ClipEvaluator:
         L = min(len(gt), int(len(wav) // SAMPLES_PER_FRAME))
         if isinstance(row, CheckpointRow):
             assert motion is not None and clip.audio is not None
-            lip = row.audio_lip(clip.audio)
+            lip = row.audio_lip(clip.audio, motion.lip[:1])  # the source is the clip's frame 0
             if lip is None:
                 rec["notes"].setdefault("audio_driven", {})[row.name] = row.audio_note
                 return

@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
                                        "default per stage")
     o = t.add_argument_group("optimisation")
     o.add_argument("--batch", type=int, help="batch per process (default per stage: 12/4/8/8/4/8)")
-    o.add_argument("--lr", type=float, help="generator lr (default 0.002*4/5)")
+    o.add_argument("--lr", type=float, help="generator lr (default 0.002*4/5; audio2lip 1e-3)")
     o.add_argument("--d-lr", type=float, help="discriminator lr (default 0.002*16/17)")
     o.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")

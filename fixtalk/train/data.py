@@ -187,30 +187,45 @@ class SwapDataset(ClipDataset):
 
 
 class AudioDataset(ClipDataset):
-    """Audio2Lip items: frames T x 3 x S x S, mel T x 1 x 80 x 16, landmarks T x 68 x 2 (NaN = no face) and an
-    identity frame 3 x S x S of the same clip (EDTalk: HDTF windows of T = 5)."""
+    """Audio2Lip items (EDTalk: HDTF windows of T = 5): mel T x 1 x 80 x 16, the generator's mouth weights
+    lip T x lip_dim and their clip mean lip_mean (lip_dim,) from `targets` (fixtalk.train.lip_targets, set
+    before training), and with `frames`: frames T x 3 x S x S, landmarks T x 68 x 2 (NaN = no face) and an
+    identity frame 3 x S x S of the same clip, for the image losses."""
 
-    def __init__(self, clips: list[Clip], size: int, seed: int = 0, min_length: int = 1, window: int = 5) -> None:
+    def __init__(self, clips: list[Clip], size: int, seed: int = 0, min_length: int = 1, window: int = 5,
+                 frames: bool = True) -> None:
         usable = [c for c in clips if c.has_audio and c.frames >= window]
         if not usable:
             raise InputError(None, f"no clip with audio and >= {window} frames for the audio2lip stage")
         super().__init__(usable, size, seed, min_length)
-        self.window = window
+        self.window, self.frames = window, frames
+        self.targets: dict[str, np.ndarray] = {}
+        self._mels: dict[str, np.ndarray] = {}  # float32 mel windows per clip: ~5 MB a minute of audio
+
+    def _mel(self, clip: Clip) -> np.ndarray:
+        """The clip's mel windows, read once: without the frames, reading them is most of an item's cost."""
+        if clip.name not in self._mels:
+            with np.load(clip.npz) as z:
+                mel = z["mel"].astype(np.float32)
+            if mel.shape[0] != clip.frames:
+                raise ValueError(f"{clip.npz.name}: {mel.shape[0]} mel windows for {clip.frames} frames")
+            self._mels[clip.name] = mel
+        return self._mels[clip.name]
 
     def item(self, clip: Clip, rng: np.random.Generator) -> dict[str, Any]:
         t0 = int(rng.integers(clip.frames - self.window + 1))
         idx = list(range(t0, t0 + self.window))
         ident = int(rng.integers(clip.frames))
-        with np.load(clip.npz) as z:
-            mel = z["mel"]
-        if mel.shape[0] != clip.frames:
-            raise ValueError(f"{clip.npz.name}: {mel.shape[0]} mel windows for {clip.frames} frames")
-        frames = read_frames(clip.mp4, [ident, *idx])
-        lm = self.landmarks(clip)[idx]
-        return {"ident": to_tensor(frames[0], self.size),
-                "frames": torch.stack([to_tensor(f, self.size) for f in frames[1:]]),
-                "mel": torch.from_numpy(mel[idx].astype(np.float32)),
-                "landmarks": torch.from_numpy(lm.astype(np.float32))}
+        mel = self._mel(clip)
+        lip = self.targets[clip.name]
+        item = {"mel": torch.from_numpy(mel[idx]), "lip": torch.from_numpy(lip[idx]),
+                "lip_mean": torch.from_numpy(lip.mean(0))}
+        if self.frames:
+            frames = read_frames(clip.mp4, [ident, *idx])
+            item |= {"ident": to_tensor(frames[0], self.size),
+                     "frames": torch.stack([to_tensor(f, self.size) for f in frames[1:]]),
+                     "landmarks": torch.from_numpy(self.landmarks(clip)[idx].astype(np.float32))}
+        return item
 
 
 class EpochSampler(DistributedSampler):

@@ -57,7 +57,7 @@ class RunLogger:
                 self.tb.add_scalar(k, v, step)
 
     def images(self, step: int, columns: list[torch.Tensor]) -> None:
-        if not self.enabled:
+        if not self.enabled or not columns:  # nothing drawn (audio2lip without image losses)
             return
         grid = make_grid(columns)
         folder = self.run / "samples"

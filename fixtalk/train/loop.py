@@ -37,10 +37,11 @@ from fixtalk.models.audio2lip import Audio2Lip
 from fixtalk.models.backbones import load_backbone
 from fixtalk.models.discriminator import Discriminator
 from fixtalk.models.fixtalk import FixTalk
+from fixtalk.train import lip_targets
 from fixtalk.train import setup as S
-from fixtalk.train.data import Clip, ClipDataset, EpochSampler, read_clips
+from fixtalk.train.data import AudioDataset, Clip, ClipDataset, EpochSampler, read_clips
 from fixtalk.train.logs import RunLogger
-from fixtalk.train.options import D_BETAS, D_LR, G_BETAS, G_LR, TrainOptions
+from fixtalk.train.options import D_BETAS, D_LR, TrainOptions
 from fixtalk.train.stages import DiscriminatorLoss, StageLosses
 from fixtalk.train.syncnet import SyncNetColor, load_syncnet
 
@@ -197,11 +198,12 @@ def _precision(opts: TrainOptions, env: DistEnv) -> bool:
 
 def _resolved(opts: TrainOptions, env: DistEnv, b: _Built, problems: list[str]) -> dict[str, Any]:
     """The run's config.json (and the checkpoint's "config", which a resume compares against)."""
-    lr, d_lr = opts.lr or G_LR, opts.d_lr or D_LR
+    lr, d_lr = opts.lr or opts.preset_of_stage.lr, opts.d_lr or D_LR
     return {
         "stage": opts.stage, "options": json.loads(json.dumps(opts.to_dict())), "model": b.cfg.to_dict(),
         "world_size": env.world, "precision": "bf16" if b.bf16 else "fp32",
-        "optim": {"g": {"lr": lr, "betas": G_BETAS}, "d": {"lr": d_lr, "betas": D_BETAS} if b.d else None},
+        "optim": {"g": {"lr": lr, "betas": opts.preset_of_stage.betas},
+                  "d": {"lr": d_lr, "betas": D_BETAS} if b.d else None},
         "params": {"trainable": sum(p.numel() for n, p in b.named if p.requires_grad),
                    "frozen": sum(p.numel() for n, p in b.named if not p.requires_grad),
                    "discriminator": sum(p.numel() for p in b.d.parameters()) if b.d else 0},
@@ -251,13 +253,13 @@ def _restore(opts: TrainOptions, env: DistEnv, b: _Built, log: RunLogger) -> _St
     for m in (b.model, b.d, b.a2l):
         if m is not None:
             m.to(env.device)
-    lr, d_lr = opts.lr or G_LR, opts.d_lr or D_LR
+    lr, d_lr = opts.lr or opts.preset_of_stage.lr, opts.d_lr or D_LR
     # The pixel path's head starts at zero and must learn a flow from the motion difference: 10x lr
     # (opts.pixel_lr_mult; docs/quality.md). One group per lr, so the optimiser state keeps its layout.
     pixel = [p for n, p in b.named if p.requires_grad and n.startswith("dec.pixel_warp.")]
     rest = [p for n, p in b.named if p.requires_grad and not n.startswith("dec.pixel_warp.")]
     groups = [{"params": rest}] + ([{"params": pixel, "lr": lr * opts.pixel_lr_mult}] if pixel else [])
-    opt_g = torch.optim.Adam(groups, lr=lr, betas=G_BETAS)
+    opt_g = torch.optim.Adam(groups, lr=lr, betas=opts.preset_of_stage.betas)
     opt_d = torch.optim.Adam(b.d.parameters(), lr=d_lr, betas=D_BETAS) if b.d is not None else None
     if ck is None:
         log.event(0, "start", world_size=env.world, init=b.init_report)
@@ -461,6 +463,9 @@ def _train(opts: TrainOptions, env: DistEnv, dry_run: bool) -> int:
         say("fixtalk train: SyncNet loss skipped (no --syncnet weights, Wav2Lip lipsync_expert.pth)")
         log.event(0, "note", text="SyncNet loss skipped: no --syncnet weights")
     st = _restore(opts, env, b, log)
+    if isinstance(b.dataset, AudioDataset):  # the frozen generator's mouth weights, once (train/lip_targets.py)
+        b.dataset.targets = lip_targets.load_or_compute(b.run, b.model, b.dataset.clips, b.cfg.size, env.device,
+                                                        b.main, env.barrier)
     sx = _steps(opts, env, b, backbone, syncnet)
     stop, elapsed, skipped = _loop(opts, env, b, st, sx, log)
     if stop == "interrupted":
@@ -475,8 +480,12 @@ def _finish(opts: TrainOptions, env: DistEnv, b: _Built, step: int, log: RunLogg
             skipped: int) -> None:
     """Exports the model (with expression presets) to RUN/final/ and closes the log."""
     if b.main:
-        if b.cfg.has_expression and opts.stage in ("expression", "fixtalk"):
+        if b.cfg.has_expression and S.moves_motion_heads(opts.stage):
+            # Presets are means of the expression head's output: stale as soon as E or the FDM heads moved.
             b.presets.update(S.expression_presets(b.model, b.clips, b.cfg.size, env.device))
+            if b.a2l is not None and opts.stage != "audio2lip":
+                print("fixtalk train: this stage moved the mouth bank Audio2Lip was fitted to; re-fit it with "
+                      "`fixtalk train --stage audio2lip`")
         save_bundle(Bundle(b.model, b.a2l, b.presets), b.run / "final")
         log.event(step, "final", reason=stop, elapsed=round(elapsed, 2), skipped_steps=skipped)
         print(f"fixtalk train: {opts.stage} done at step {step} ({stop}); model exported to {b.run / 'final'}")

@@ -28,7 +28,7 @@ from fixtalk.errors import InputError
 from fixtalk.models.fixtalk import FixTalk
 from fixtalk.naming import mead_speaker
 from fixtalk.train.data import AudioDataset, Clip, ClipDataset, PairDataset, SwapDataset, read_frames, to_tensor
-from fixtalk.train.options import TrainOptions
+from fixtalk.train.options import STAGES, TrainOptions
 from fixtalk.weights import read_weights
 
 TRAIN_FORMAT = "fixtalk-train/1"
@@ -164,8 +164,14 @@ def make_dataset(opts: TrainOptions, clips: list[Clip], size: int, min_length: i
     if kind == "swap":
         return SwapDataset(clips, size, opts.seed, min_length)
     if kind == "audio":
-        return AudioDataset(clips, size, opts.seed, min_length)
+        return AudioDataset(clips, size, opts.seed, min_length, frames=opts.image_losses)
     return PairDataset(clips, size, opts.seed, min_length, opts.fraction)
+
+
+def moves_motion_heads(stage: str) -> bool:
+    """Whether `stage` trains a part that the bank weights are computed through (E, the FDM heads or EMI's
+    motion feature), so that expression presets and Audio2Lip's targets from before it are stale."""
+    return any(p in ("enc.", "emi.") or p.startswith("fdm.") for p in STAGES[stage].trainable)
 
 
 def preset_clips(clips: list[Clip]) -> list[Clip]:

@@ -144,32 +144,39 @@ class StageLosses(nn.Module):
                                                                            img_cb]
 
     def _audio2lip(self, batch: dict[str, Any]) -> StepOutput:
-        """EDTalk Audio2Mouth (docs/architecture.md 5 stage 4); targets from the current, frozen generator."""
+        """EDTalk Audio2Mouth (docs/architecture.md 5 stage 4): regress the frozen generator's mouth weights of
+        each frame (batch["lip"], train/lip_targets.py); a relative Audio2Lip regresses their change from the
+        clip's mean (fixtalk.driving.audio_mouth), and frames are drawn with that mean added back."""
         assert self.audio2lip is not None
         m = self.model
-        frames, mel, ident = batch["frames"], batch["mel"], batch["ident"]
+        mel, gt_lip = batch["mel"], batch["lip"].float()                    # B x T x ..., B x T x lip_dim
+        base = batch["lip_mean"].float()[:, None] if m.cfg.audio_lip == "relative" else torch.zeros_like(gt_lip)
+        pred = self.audio2lip(mel)                                          # B x T x lip_dim
+        target = gt_lip - base
+        reg, smooth = L.audio2lip_regression(pred.float(), target), L.audio2lip_smoothness(pred.float(), target)
+        logs = {"audio_reg": reg.detach(), "audio_smooth": smooth.detach()}
+        total = self.w.audio_reg * reg + self.w.audio_smooth * smooth
+        if not self.opts.image_losses:
+            logs["total"] = total.detach()
+            return total, logs, None, None, []
+        frames, ident = batch["frames"], batch["ident"]
         b, t = frames.shape[:2]
         flat = frames.flatten(0, 1)
+        samples = [ident, frames[:, t // 2]]
         with torch.no_grad():
             feat = m.driving_features(flat)
             gt = m.predict_motion(feat, feat, feat)
-        pred = self.audio2lip(mel)                                          # B x T x lip_dim
-        gt_lip = gt.lip.float().view(b, t, -1)
-        reg, smooth = L.audio2lip_regression(pred.float(), gt_lip), L.audio2lip_smoothness(pred.float(), gt_lip)
-        logs = {"audio_reg": reg.detach(), "audio_smooth": smooth.detach()}
-        total = self.w.audio_reg * reg + self.w.audio_smooth * smooth
-        samples = [ident, frames[:, t // 2]]
-        if self.opts.image_losses:
-            src = m.prepare_source(ident.repeat_interleave(t, 0))
-            img = m.render(src, Motion(pred.flatten(0, 1), gt.pose, gt.exp))  # the inference path (Eq. 9)
-            total = total + self._image_terms(img, flat, logs)
-            syncnet = self._aux[2]
-            if syncnet is not None:
-                faces = lower_face_stack(img.float().view(b, t, *img.shape[1:]), batch["landmarks"])
-                sync = sync_loss(syncnet, mel[:, t // 2], faces)  # the middle window spans the T = 5 frames
-                logs["sync"] = sync.detach()
-                total = total + self.w.sync * sync
-            samples.append(img.view(b, t, *img.shape[1:])[:, t // 2])
+        src = m.prepare_source(ident.repeat_interleave(t, 0))
+        lip = (pred + base).flatten(0, 1)
+        img = m.render(src, Motion(lip, gt.pose, gt.exp))  # the inference path (Eq. 9)
+        total = total + self._image_terms(img, flat, logs)
+        syncnet = self._aux[2]
+        if syncnet is not None:
+            faces = lower_face_stack(img.float().view(b, t, *img.shape[1:]), batch["landmarks"])
+            sync = sync_loss(syncnet, mel[:, t // 2], faces)  # the middle window spans the T = 5 frames
+            logs["sync"] = sync.detach()
+            total = total + self.w.sync * sync
+        samples.append(img.view(b, t, *img.shape[1:])[:, t // 2])
         logs["total"] = total.detach()
         return total, logs, None, None, samples
 
