@@ -11,9 +11,9 @@ stay in torch (`Pipeline._factor`, `Stream`). The bank basis Q (a QR decompositi
 constant at inference and is exported as a constant. `manifest.json` records the config, a digest of
 the weights and the input/output names, so a graph set is never used with other weights.
 
-The graphs are traced from a copy of the model whose modulated convolutions run in StyleGAN2's non-fused
-form (scale the input, convolve with the fixed weight, demodulate the output): the same arithmetic, but
-the fused form folds the batch into the convolution's `groups`, which ONNX fixes at export time.
+The graphs are traced from a frozen copy of the model. Its modulated convolutions already run in StyleGAN2's
+non-fused form (scale the input, convolve with the fixed weight, demodulate the output), which keeps the batch
+a free axis; the fused form folded the batch into the convolution's `groups`, which ONNX fixes at export time.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from fixtalk.models.edi import Compressor
 from fixtalk.models.emi import F4_GRID
 from fixtalk.models.fdm import Motion
 from fixtalk.models.fixtalk import FixTalk, SourceState
-from fixtalk.models.layers import Blur, ModulatedConv2d, Upsample
+from fixtalk.models.layers import Blur, Upsample, fir_weight
 
 OPSET = 17  # GridSample needs 16, a native LayerNormalization 17
 FORMAT = "fixtalk-onnx/1"
@@ -130,22 +130,6 @@ class RenderGraph(nn.Module):
         return self.model.render(unflatten_state(named, cfg), motion)
 
 
-def _modconv_unfused(self: ModulatedConv2d, x: Tensor, style: Tensor) -> Tensor:
-    """ModulatedConv2d.forward without folding the batch into `groups` (StyleGAN2's non-fused modulation)."""
-    s = self.modulation(style)                          # B x C
-    w = self.weight[0] * self.scale                     # O x C x k x k, constant
-    x = x * s[:, :, None, None]
-    if self.upsample:
-        out = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
-    else:
-        out = F.conv2d(x, w, padding=self.padding)
-    if self.demodulate:
-        # sum_{c,k} (w_ock s_bc)^2 = sum_c s_bc^2 sum_k w_ock^2: the fused form's demodulation, per (b, o)
-        d = torch.rsqrt(s.pow(2) @ w.pow(2).sum([2, 3]).t() + 1e-8)
-        out = out * d[:, :, None, None]
-    return self.blur(out) if self.upsample else out  # the blur is per channel, so it commutes with d
-
-
 def _fir_static(self: Blur | Upsample, x: Tensor) -> Tensor:
     """`upfirdn2d` of Blur / Upsample with channels and size as Python ints (fixed by the config): the exporter
     needs the depthwise kernel's shape and the map sizes downstream (adaptive pooling); the batch stays free."""
@@ -154,8 +138,7 @@ def _fir_static(self: Blur | Upsample, x: Tensor) -> Tensor:
     if up > 1:
         x = F.pad(x.reshape(-1, c, h, 1, w, 1), (0, up - 1, 0, 0, 0, up - 1)).reshape(-1, c, h * up, w * up)
     p0, p1 = self.pad
-    weight = torch.flip(self.kernel, (0, 1))[None, None].expand(c, 1, *self.kernel.shape)
-    return F.conv2d(F.pad(x, (p0, p1, p0, p1)), weight, groups=c)
+    return F.conv2d(F.pad(x, (p0, p1, p0, p1)), fir_weight(self.kernel, c, x.dtype), groups=c)
 
 
 def _compress_static(self: Compressor, f4: Tensor) -> Tensor:
@@ -170,9 +153,7 @@ def exportable(model: FixTalk) -> FixTalk:
     """A frozen copy that traces with a free batch axis; the original model is left as it is."""
     m = copy.deepcopy(model).float().cpu().eval().requires_grad_(False)
     for mod in m.modules():
-        if isinstance(mod, ModulatedConv2d):
-            mod.forward = types.MethodType(_modconv_unfused, mod)  # type: ignore[method-assign]
-        elif isinstance(mod, (Blur, Upsample)):
+        if isinstance(mod, (Blur, Upsample)):
             mod.forward = types.MethodType(_fir_static, mod)  # type: ignore[method-assign]
         elif isinstance(mod, Compressor):
             mod.forward = types.MethodType(_compress_static, mod)  # type: ignore[method-assign]

@@ -25,11 +25,18 @@ def make_kernel(k: Sequence[float]) -> torch.Tensor:
     return t / t.sum()
 
 
+def fir_weight(kernel: torch.Tensor, channels: int, dtype: torch.dtype) -> torch.Tensor:
+    """The FIR kernel as a fixed depthwise conv weight (C x 1 x kh x kw), flipped: conv2d correlates, while
+    upfirdn2d convolves."""
+    return torch.flip(kernel, (0, 1)).to(dtype)[None, None].expand(channels, 1, *kernel.shape)
+
+
 def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
               pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """Upsample by zero insertion, pad, FIR-filter (depthwise) and subsample, as StyleGAN2's upfirdn2d.
 
     Only non-negative pads occur in this codebase, so the cropping branch of the original is not needed.
+    A symmetric pad goes to the convolution itself rather than through F.pad, saving a copy of the tensor.
     """
     b, c, h, w = x.shape
     if up > 1:
@@ -38,10 +45,9 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
         x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))
         x = x.reshape(b, c, h * up, w * up)
     p0, p1 = pad
-    x = F.pad(x, (p0, p1, p0, p1))
-    # conv2d is a correlation, upfirdn2d a convolution: flip the kernel.
-    weight = torch.flip(kernel, (0, 1)).to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
-    x = F.conv2d(x, weight, groups=c)
+    if p0 != p1:
+        x, p0 = F.pad(x, (p0, p1, p0, p1)), 0
+    x = F.conv2d(x, fir_weight(kernel, c, x.dtype), padding=p0, groups=c)
     if down > 1:
         x = x[:, :, ::down, ::down]
     return x
@@ -173,7 +179,20 @@ class ResBlock(nn.Module):
 
 
 class ModulatedConv2d(nn.Module):
-    """Style-modulated conv (StyleGAN2): per-sample weights, folded into a grouped conv."""
+    """Style-modulated convolution of StyleGAN2 (Karras et al. 2020, "Analyzing and Improving the Image Quality
+    of StyleGAN", Sec. 2.2, Eq. 1 and 3), evaluated in the paper's non-fused form.
+
+    The paper scales the weights per sample, w'_{bock} = s_{bc} w_{ock}, and demodulates them,
+    w''_{bock} = w'_{bock} / sqrt(sum_{c,k} w'_{bock}^2 + 1e-8). Folding those per-sample weights into one
+    grouped convolution (groups = B; the reference code's form) rebuilds B x O x C x k x k weights on every call
+    and runs a grouped kernel. Since s scales input channels and the demodulation output channels, the same
+    result is conv(x * s, w) * d: scale the activations, convolve with the fixed, batch-shared weight, scale the
+    output by d_{bo} = rsqrt(sum_c s_{bc}^2 sum_k w_{ock}^2 + 1e-8) (StyleGAN2's `fused_modconv=False`). Why:
+    one ordinary batched convolution instead of a grouped one over rebuilt weights. On one CPU thread it costs
+    the same at 128 px (batch 1 and 8) and 11-19% less at 256 px and batch 4 (docs/performance.md); training
+    costs the same, so one code path serves both; and the batch stays a free axis for ONNX, which fixes
+    `groups` at export.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int,
                  demodulate: bool = True, upsample: bool = False) -> None:
@@ -190,21 +209,28 @@ class ModulatedConv2d(nn.Module):
         self.demodulate = demodulate
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        k, o = self.kernel_size, self.out_channels
-        s = self.modulation(style).view(b, 1, c, 1, 1)
-        weight = self.scale * self.weight * s  # B x O x C x k x k
-        if self.demodulate:
-            weight = weight * torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8).view(b, o, 1, 1, 1)
-        x = x.reshape(1, b * c, h, w)
+        s = self.modulation(style)  # B x C: the style's scale of each input channel
+        w = self.scale * self.weight[0]  # O x C x k x k, equalised learning rate
+        out = self._conv(x * s[:, :, None, None], w)
+        if not self.demodulate:
+            return out
+        # d scales whole output channels, so it commutes with the per-channel blur of the upsampling path.
+        return out * demodulation(s, w).to(out.dtype)[:, :, None, None]
+
+    def _conv(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The batch-shared convolution; upsampling is a stride-2 transposed conv, then the FIR low-pass."""
         if self.upsample:
-            weight = weight.transpose(1, 2).reshape(b * c, o, k, k)
-            out = F.conv_transpose2d(x, weight, padding=0, stride=2, groups=b)
-            out = self.blur(out.view(b, o, out.shape[-2], out.shape[-1]))
-        else:
-            out = F.conv2d(x, weight.reshape(b * o, c, k, k), padding=self.padding, groups=b)
-            out = out.view(b, o, out.shape[-2], out.shape[-1])
-        return out
+            return self.blur(F.conv_transpose2d(x, w.transpose(0, 1), stride=2))
+        return F.conv2d(x, w, padding=self.padding)
+
+
+def demodulation(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """StyleGAN2's demodulation coefficients d_{bo} = rsqrt(sum_{c,k} (s_{bc} w_{ock})^2 + 1e-8), B x O, from the
+    styles s (B x C) and the weight w (O x C x k x k) without forming per-sample weights: the sum factorises as
+    sum_c s_{bc}^2 sum_k w_{ock}^2. Computed in float32 (or wider) even under autocast, as the per-sample form was."""
+    dtype = torch.promote_types(torch.promote_types(s.dtype, w.dtype), torch.float32)
+    with torch.autocast(s.device.type, enabled=False):
+        return torch.rsqrt(s.to(dtype).square() @ w.to(dtype).square().sum((2, 3)).t() + 1e-8)
 
 
 class NoiseInjection(nn.Module):
