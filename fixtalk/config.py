@@ -76,9 +76,10 @@ class ModelConfig:
     use_emi: bool = False
     use_edi: bool = False
     rgb_warp: bool = False          # pixel path: warp the source image too (generator.PixelWarp; CPU presets)
-    # What Audio2Lip predicts (fixtalk.driving.audio_mouth): "absolute" mouth-bank weights (EDTalk), or "relative":
-    # their change from the speaker's mean, put on the portrait's own (ours; docs/architecture.md 6.3).
-    audio_lip: str = "absolute"
+    # Audio2Lip's output and the emotion presets are changes from the speaker's mean bank weights, put on the
+    # portrait's own (ours; fixtalk.driving.audio_mouth / emotion_expression, docs/architecture.md 6.3), instead
+    # of EDTalk's absolute weights, which carry the identity of the people they were learnt from.
+    relative_to_speaker: bool = False
     emi: EMIConfig = field(default_factory=EMIConfig)
     edi: EDIConfig = field(default_factory=EDIConfig)
     name: str = "custom"
@@ -93,8 +94,6 @@ class ModelConfig:
             raise ValueError("channel table gives no channels at 32x32")
         if self.motion_net not in ("fdm", "lia"):
             raise ValueError(f"motion_net must be 'fdm' or 'lia', got {self.motion_net!r}")
-        if self.audio_lip not in ("absolute", "relative"):
-            raise ValueError(f"audio_lip must be 'absolute' or 'relative', got {self.audio_lip!r}")
         if self.motion_net == "lia" and (self.pose_dim or self.exp_dim):
             raise ValueError("a LIA motion (motion_net='lia') has one bank of lip_dim directions: "
                              "set pose_dim=0 and exp_dim=0")
@@ -171,7 +170,7 @@ PRESETS: dict[str, ModelConfig] = {
         use_emi=True,
         use_edi=True,
         rgb_warp=True,
-        audio_lip="relative",
+        relative_to_speaker=True,
         emi=EMIConfig(layers=1, heads=4, queries=16, ffn_mult=2),
         edi=EDIConfig(slots=256, decompress_channels=64, heads=4, ffn_mult=2),
     ),

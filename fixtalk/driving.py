@@ -182,12 +182,19 @@ def relative(weights: torch.Tensor, start: torch.Tensor, own: torch.Tensor) -> t
 
 
 def audio_mouth(cfg: ModelConfig, predicted: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """Mouth weights from Audio2Lip's (smoothed) output, by `cfg.audio_lip`: "absolute" (EDTalk) uses the output
-    as the weights; "relative" puts it, as a change from the speaker's mean mouth, on the portrait's own weights.
-    Why relative (docs/architecture.md 6.3): speech cannot say whose mouth it is, and the mean mouth weights of
-    different clips spread ~10x more than one speaker's weights move while talking, so an absolute target
-    teaches Audio2Lip mostly to guess the identity, and its guess lands on the portrait as a foreign mouth."""
-    return own + predicted if cfg.audio_lip == "relative" else predicted
+    """Mouth weights from Audio2Lip's (smoothed) output. EDTalk uses the output as the weights; with
+    `cfg.relative_to_speaker` it is a change from the speaker's mean mouth, put on the portrait's own weights.
+    Why (docs/architecture.md 6.3): speech cannot say whose mouth it is, and the mean mouth weights of different
+    clips spread ~10x more than one speaker's weights move while talking, so an absolute target teaches
+    Audio2Lip mostly to guess the identity, and its guess lands on the portrait as a foreign mouth."""
+    return own + predicted if cfg.relative_to_speaker else predicted
+
+
+def emotion_expression(cfg: ModelConfig, preset: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Expression weights of an emotion preset: EDTalk's are absolute weights (the mean over the emotion's
+    clips, identities and all); with `cfg.relative_to_speaker` a preset is the emotion's mean change from each
+    speaker's own mean, put on the portrait's own expression (train/setup.py `expression_presets`)."""
+    return own + preset if cfg.relative_to_speaker else preset
 
 
 def mix(own: torch.Tensor, driven: torch.Tensor, strength: float) -> torch.Tensor:

@@ -41,6 +41,7 @@ from fixtalk.driving import (
     check_expression,
     check_one_motion,
     check_strength,
+    emotion_expression,
     mix_motion,
     parse_factors,
     predict_weights,
@@ -284,7 +285,8 @@ class Pipeline:
             if spec.value not in presets:
                 raise InputError(self.bundle.path, f"this checkpoint has no '{spec.value}' preset "
                                                    f"(it has: {', '.join(sorted(presets)) or 'none'})")
-            return FactorTrack(torch.from_numpy(presets[spec.value]).float(), spec.label)
+            return FactorTrack(emotion_expression(self.cfg, torch.from_numpy(presets[spec.value]).float(), own),
+                               spec.label)
         if spec.kind == "npy":
             return FactorTrack(torch.from_numpy(load_expression_npy(spec.value, self.cfg.exp_dim)), spec.label)
         key = str(Path(spec.value).resolve())

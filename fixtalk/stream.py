@@ -47,6 +47,7 @@ from fixtalk.driving import (
     check_expression,
     check_one_motion,
     check_strength,
+    emotion_expression,
     mix_motion,
     parse_factors,
     pingpong,
@@ -140,7 +141,9 @@ class Stream:
                 if name not in presets:
                     raise InputError(pipe.bundle.path, f"this checkpoint has no '{name}' preset "
                                                        f"(it has: {', '.join(sorted(presets)) or 'none'})")
-                self._const[f] = torch.from_numpy(presets[name]).float().to(dev)
+                preset = torch.from_numpy(presets[name]).float().to(dev)
+                assert self._base.exp is not None  # "emotion" only where the model has an expression
+                self._const[f] = emotion_expression(pipe.cfg, preset, self._base.exp)
         self._video = [f for f, m in self.modes.items() if m == "driver"]
         self._audio_on = mouth == "audio"
         if not self._video and not self._audio_on:

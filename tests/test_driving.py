@@ -13,6 +13,7 @@ from fixtalk.config import EMOTIONS, ModelConfig
 from fixtalk.driving import (
     audio_mouth,
     choices,
+    emotion_expression,
     mix,
     mix_motion,
     parse_factor,
@@ -99,11 +100,11 @@ def test_choices() -> None:
 
 
 def test_audio_mouth_relative_puts_the_change_on_the_portrait() -> None:
-    """ModelConfig.audio_lip: "relative" adds Audio2Lip's output to the portrait's own mouth, "absolute" uses it."""
+    """ModelConfig.relative_to_speaker: Audio2Lip's output and a preset are added to the portrait's own weights;
+    EDTalk's (absolute) are used as they are."""
     pred, own = torch.randn(7, 20), torch.randn(1, 20)
-    rel, ab = ModelConfig(audio_lip="relative"), ModelConfig()
-    torch.testing.assert_close(audio_mouth(rel, pred, own), pred + own)
-    torch.testing.assert_close(audio_mouth(ab, pred, own), pred)
-    assert not torch.allclose(audio_mouth(rel, pred, own), audio_mouth(ab, pred, own))
-    with pytest.raises(ValueError, match="audio_lip"):
-        ModelConfig(audio_lip="offset")
+    rel, ab = ModelConfig(relative_to_speaker=True), ModelConfig()
+    for fn in (audio_mouth, emotion_expression):
+        torch.testing.assert_close(fn(rel, pred, own), pred + own)
+        torch.testing.assert_close(fn(ab, pred, own), pred)
+        assert not torch.allclose(fn(rel, pred, own), fn(ab, pred, own))

@@ -155,9 +155,14 @@ def test_datasets_items(data: Path) -> None:
     assert set(swap) == {"a_id", "a", "b_id", "b", "a_bm", "b_am", "bad"}
     audio = AudioDataset(clips, SIZE)
     assert len(audio.clips) == 3  # the clip without audio is not used
+    with pytest.raises(RuntimeError, match="lip targets"):
+        audio[0]
+    audio.targets = {c.name: np.random.default_rng(0).standard_normal((c.frames, 20)).astype(np.float32)
+                     for c in audio.clips}
     a = audio[0]
     assert a["frames"].shape == (5, 3, SIZE, SIZE) and a["mel"].shape == (5, 1, 80, 16)
     assert a["mel"].dtype == torch.float32 and a["landmarks"].shape == (5, 68, 2)
+    assert a["lip"].shape == (5, 20) and a["lip_mean"].shape == (20,)
 
 
 def test_parse_duration() -> None:
@@ -189,6 +194,10 @@ def test_stage_two_steps(stage: str, data: Path, tiny_cfg: Path, tmp_path: Path)
     # per-emotion mean expression weights of the labelled clips, recomputed by every stage that moves the heads
     presets = {"neutral", "angry", "happy"} if stage not in ("audio2lip", "finetune") else set()
     assert set(bundle.expression_presets) == presets
+    if presets:  # relative_to_speaker: each clip's change from its speaker's neutral clip (else speaker mean)
+        p = bundle.expression_presets
+        assert not p["neutral"].any() and not p["happy"].any()  # p1's neutral itself; p3 has one clip
+        assert np.abs(p["angry"]).max() > 1e-4  # p1's angry clip minus p1's neutral one
     assert list((run / "samples").glob("step_*.png"))
 
 

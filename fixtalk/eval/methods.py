@@ -76,10 +76,10 @@ class CopySource:
     def motion(self, crops: np.ndarray) -> Motion | None:
         return None
 
-    def audio_lip(self, audio: str) -> torch.Tensor | None:
+    def audio_lip(self, audio: str, own: torch.Tensor) -> torch.Tensor | None:
         return None
 
-    def expression(self, emotion: str) -> torch.Tensor | None:
+    def expression(self, emotion: str, own: torch.Tensor | None) -> torch.Tensor | None:
         return None
 
     def render(self, source: dict[int, np.ndarray], motion: Motion | None, n: int, size: int) -> list[np.ndarray]:
@@ -159,12 +159,15 @@ class CheckpointRow:
 
         return audio_mouth(self.cfg, self.pipe.audio_lip(audio)[0], own) if self.has_audio2lip else None
 
-    def expression(self, emotion: str) -> torch.Tensor | None:
-        """The checkpoint's expression preset for a MEAD emotion (1 x exp_dim), None when it has none."""
+    def expression(self, emotion: str, own: torch.Tensor | None) -> torch.Tensor | None:
+        """The expression weights (1 x exp_dim) of the checkpoint's preset for a MEAD emotion, for a source whose
+        own are `own`; None when it has none."""
+        from fixtalk.driving import emotion_expression
+
         preset = self.pipe.bundle.expression_presets.get(emotion)
-        if preset is None or not self.cfg.has_expression:
+        if preset is None or not self.cfg.has_expression or own is None:
             return None
-        return torch.from_numpy(np.asarray(preset, np.float32).reshape(1, -1))
+        return emotion_expression(self.cfg, torch.from_numpy(np.asarray(preset, np.float32).reshape(1, -1)), own)
 
     def render(self, source: dict[int, np.ndarray], motion: Motion | None, n: int, size: int) -> list[np.ndarray]:
         from fixtalk.pipeline import Drive, FactorTrack

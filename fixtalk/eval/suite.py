@@ -238,7 +238,9 @@ class ClipEvaluator:
                  rec: dict) -> None:
         mode = "copy"
         if motion is not None:
-            preset = row.expression(emotion)
+            assert row.size is not None  # a row with bank weights renders from a crop of its size
+            own = row.motion(source[row.size][None])  # the emotion source's own weights
+            preset = row.expression(emotion, None if own is None else own.exp)
             mode = "preset" if preset is not None else "video"
             if preset is not None:
                 motion = Motion(motion.lip, motion.pose, preset)

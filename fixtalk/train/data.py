@@ -217,6 +217,8 @@ class AudioDataset(ClipDataset):
         idx = list(range(t0, t0 + self.window))
         ident = int(rng.integers(clip.frames))
         mel = self._mel(clip)
+        if clip.name not in self.targets:  # a bug, not bad data: the loop sets them before training
+            raise RuntimeError(f"AudioDataset: no lip targets for {clip.name} (set .targets first)")
         lip = self.targets[clip.name]
         item = {"mel": torch.from_numpy(mel[idx]), "lip": torch.from_numpy(lip[idx]),
                 "lip_mean": torch.from_numpy(lip.mean(0))}

@@ -5,7 +5,7 @@ change during the stage, so the weights are computed once, for every frame of ev
 RUN/lip_targets.npz: a step then decodes no video and runs no encoder (on a 2-core CPU a batch of 8 windows
 took ~3-4 s with them; the mel encoder alone is a fraction of that), and a resumed run reads the file back.
 
-With `ModelConfig.audio_lip == "relative"` Audio2Lip learns each clip's weights minus that clip's mean, the
+With `ModelConfig.relative_to_speaker` Audio2Lip learns each clip's weights minus that clip's mean, the
 change that speech explains (fixtalk.driving.audio_mouth); `AudioDataset` hands out that mean with them.
 """
 

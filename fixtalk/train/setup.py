@@ -184,33 +184,48 @@ def preset_clips(clips: list[Clip]) -> list[Clip]:
 @torch.no_grad()
 def expression_presets(model: FixTalk, clips: list[Clip], size: int, device: torch.device,
                        frames_per_clip: int = 8, max_frames: int = 128) -> dict[str, np.ndarray]:
-    """Per-emotion mean of the expression weights (exp_fc) over frames of clips with that emotion label
-    (docs/architecture.md 6.3 [ours]: how EDTalk's predefined_exp_weights/*.npy are regenerated). (1, exp_dim) each.
-    MEAD clips are used where there are any: their eight labels are acted at a controlled intensity, while
-    free-form labels ("expressive", a "happy" vlog) mix emotion with speaking style."""
-    out: dict[str, np.ndarray] = {}
+    """Per-emotion expression presets (1, exp_dim) from the clips labelled with that emotion
+    (docs/architecture.md 6.3 [ours]: how EDTalk's predefined_exp_weights/*.npy are regenerated). MEAD clips are
+    used where there are any: their eight labels are acted at a controlled intensity, while free-form labels
+    ("expressive", a "happy" vlog) mix emotion with speaking style.
+
+    EDTalk's presets are the mean expression weights of the emotion's frames. With `relative_to_speaker` a preset
+    is the mean, over the emotion's clips, of each clip's change from its speaker's neutral clip (or, without one,
+    the speaker's mean over all their clips): expression weights carry identity too, and an absolute mean of
+    other people's faces, put on a portrait, reshapes it (fixtalk.driving.emotion_expression)."""
     if not model.cfg.has_expression:
-        return out
-    clips = preset_clips(clips)
+        return {}
     was_training = model.training
     model.eval()
+    per_clip: dict[Clip, np.ndarray] = {}  # mean expression weights of each usable clip
     for emotion in EMOTIONS:
-        imgs: list[torch.Tensor] = []
-        for c in (c for c in clips if c.emotion == emotion):
+        taken = 0
+        for c in (c for c in preset_clips(clips) if c.emotion == emotion):
+            if taken >= max_frames:
+                break
             idx = np.linspace(0, c.frames - 1, min(frames_per_clip, c.frames)).round().astype(int).tolist()
             try:
-                imgs += [to_tensor(f, size) for f in read_frames(c.mp4, idx)]
+                imgs = torch.stack([to_tensor(f, size) for f in read_frames(c.mp4, idx)]).to(device)
             except (InputError, OSError):
                 continue
-            if len(imgs) >= max_frames:
-                break
-        if imgs:
-            weights = []
-            for chunk in torch.stack(imgs).to(device).split(16):
-                feat = model.driving_features(chunk)
-                exp = model.predict_motion(feat, feat, feat).exp
-                assert exp is not None
-                weights.append(exp.float().cpu())
-            out[emotion] = torch.cat(weights).mean(0, keepdim=True).numpy()
+            feat = model.driving_features(imgs)
+            exp = model.predict_motion(feat, feat, feat).exp
+            assert exp is not None
+            per_clip[c] = exp.float().cpu().numpy().mean(0)
+            taken += len(idx)
     model.train(was_training)
+    if model.cfg.relative_to_speaker:
+        per_clip = {c: w - _speaker_reference(c.identity, per_clip) for c, w in per_clip.items()}
+    out: dict[str, np.ndarray] = {}
+    for emotion in EMOTIONS:
+        ws = [w for c, w in per_clip.items() if c.emotion == emotion]
+        if ws:
+            out[emotion] = np.mean(ws, 0, keepdims=True).astype(np.float32)
     return out
+
+
+def _speaker_reference(identity: str, per_clip: dict[Clip, np.ndarray]) -> np.ndarray:
+    """A speaker's own expression: their neutral clip's weights, else their mean over all their clips."""
+    own = {c: w for c, w in per_clip.items() if c.identity == identity}
+    neutral = [w for c, w in own.items() if c.emotion == "neutral"]
+    return np.mean(neutral or list(own.values()), 0)
