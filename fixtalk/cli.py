@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from fixtalk.errors import InputError
 
@@ -132,5 +132,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# glibc's malloc hands every block over 128 KiB (a threshold that only grows as such blocks are freed) to mmap
+# and trims its heap eagerly, so each fresh mid-sized tensor comes back as zeroed pages and a page fault per 4 KiB:
+# on CPU that was much of the elementwise time. These tunables keep blocks up to 32 MiB on the heap and the
+# heap's freed memory in the process for reuse (docs/performance.md: `fixtalk live` 4-21% more fps). glibc reads
+# them once at start-up, so the console command re-executes itself with them (`entry`).
+MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432", "glibc.malloc.trim_threshold=4294967296")
+MALLOC_ENV = "FIXTALK_MALLOC"  # "default": keep glibc's allocator as it is; "tuned": set by the re-execution
+
+
+def _glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")  # type: ignore[union-attr]  # None: no libc
+    except (AttributeError, ValueError, OSError):  # not a POSIX libc that names itself (macOS, Windows, musl)
+        return False
+
+
+def malloc_env(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The environment to re-execute with, tunables added; None to run in this process as it is: opted out
+    (FIXTALK_MALLOC set, which the re-executed process also has), not Linux with glibc, or every one of the
+    tunables already in GLIBC_TUNABLES (with the user's own values, if set)."""
+    if environ.get(MALLOC_ENV) or not sys.platform.startswith("linux") or not _glibc():
+        return None
+    given = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]
+    names = {t.split("=", 1)[0] for t in given}
+    missing = [t for t in MALLOC_TUNABLES if t.split("=", 1)[0] not in names]
+    if not missing:
+        return None
+    return {**environ, "GLIBC_TUNABLES": ":".join([*given, *missing]), MALLOC_ENV: "tuned"}
+
+
+def entry() -> int:
+    """The `fixtalk` console command (and `python -m fixtalk.cli`): `main` with sys.argv, in a process whose
+    allocator has MALLOC_TUNABLES. Without them in the environment, the command re-executes itself once with
+    them added, as `python -m fixtalk.cli ARGS` (same interpreter, same process id); FIXTALK_MALLOC=default
+    opts out. Help needs no allocator, so `fixtalk --help` starts once. Tests call `main` and never re-execute."""
+    argv = sys.argv[1:]
+    env = malloc_env(os.environ)
+    if env is not None and sys.executable and argv and not {"-h", "--help"} & set(argv):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "fixtalk.cli", *argv], env)
+        except OSError:
+            pass  # could not re-execute: run here with the allocator as it is
+    return main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -122,7 +123,21 @@ class Runtime:
 
 
     def describe(self) -> str:
-        """What was chosen, for the commands' first line: device, dtype, threads."""
+        """What was chosen, for the commands' first line: device, dtype, threads (and glibc's mmap threshold when
+        set, fixtalk.cli.entry)."""
         where = cpu_description()[0] if self.device.type == "cpu" else str(self.device)
-        return f"{self.device.type} ({where}), {self.dtype_name}, {torch.get_num_threads()} threads"
+        return f"{self.device.type} ({where}), {self.dtype_name}, {torch.get_num_threads()} threads{malloc_note()}"
+
+
+def malloc_note() -> str:
+    """", malloc mmap_threshold=32 MiB" (the tunable's value) when GLIBC_TUNABLES sets glibc's mmap threshold,
+    as the `fixtalk` command does (fixtalk.cli.entry); "" otherwise."""
+    for item in os.environ.get("GLIBC_TUNABLES", "").split(":"):
+        name, _, value = item.partition("=")
+        if name == "glibc.malloc.mmap_threshold":
+            try:
+                return f", malloc mmap_threshold={int(value, 0) / 2**20:g} MiB"  # glibc reads it with strtoul(.., 0)
+            except ValueError:
+                return f", malloc mmap_threshold={value}"
+    return ""
 

@@ -1,8 +1,11 @@
-"""Per-frame time before/after the non-fused ModulatedConv2d (issue #11): one process, interleaved paired repeats.
+"""Per-frame time before/after a change of issue #11: one process, interleaved paired repeats.
 
-"before" swaps the code this change replaced back in: the fused forward (per-sample B x O x C x k x k weights,
-one grouped conv with groups = B) and Blur padding with F.pad before its depthwise conv. "after" is the code as it
-is. Both run the same model on the same inputs with the source cached (`prepare_source`), timing
+"before" swaps the code a change replaced back in; "after" is the code as it is. `--change`:
+  modconv  the fused ModulatedConv2d forward (per-sample B x O x C x k x k weights, one grouped conv with
+           groups = B) and Blur padding with F.pad before its depthwise conv;
+  bias     fused_leaky_relu adding its float32 bias as it is (under bf16 autocast the activations become
+           float32 again) instead of in the activation's dtype; only --dtype bf16 differs.
+Both run the same model on the same inputs with the source cached (`prepare_source`), timing
   render  `model.render` of B frames from predicted motion: G, where every modulated conv runs (and EDI);
   frame   the whole per-frame path: E + EMI on the B driver frames, FDM, then render.
 Times are CPU seconds of this process (`time.process_time`, one thread: other jobs on a shared machine inflate
@@ -12,6 +15,7 @@ running both variants back to back in alternating order.
     python scripts/bench_modconv.py                          # the shipped fixtalk-small, 128 px, batch 1, fp32
     python scripts/bench_modconv.py --batch 8 --dtype bf16
     python scripts/bench_modconv.py --preset fixtalk-256     # random weights
+    python scripts/bench_modconv.py --change bias --batch 8 --dtype bf16
 """
 
 from __future__ import annotations
@@ -65,7 +69,25 @@ def before() -> Iterator[None]:
         layers.ModulatedConv2d.forward, layers.Blur.forward = saved  # type: ignore[method-assign]
 
 
-VARIANTS: dict[str, Callable[[], AbstractContextManager[None]]] = {"before": before, "after": nullcontext}
+def float32_bias(x: torch.Tensor, bias: torch.Tensor, negative_slope: float = 0.2,
+                 scale: float = 2**0.5) -> torch.Tensor:
+    """fused_leaky_relu as it was: the bias as it is stored (float32)."""
+    if bias.ndim == 1 and x.ndim > 2:
+        bias = bias.view(1, -1, *([1] * (x.ndim - 2)))
+    return F.leaky_relu(x + bias, negative_slope) * scale
+
+
+@contextmanager
+def before_bias() -> Iterator[None]:
+    saved = layers.fused_leaky_relu
+    layers.fused_leaky_relu = float32_bias
+    try:
+        yield
+    finally:
+        layers.fused_leaky_relu = saved
+
+
+BEFORE: dict[str, Callable[[], AbstractContextManager[None]]] = {"modconv": before, "bias": before_bias}
 
 
 def load(preset: str | None) -> FixTalk:
@@ -100,27 +122,30 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--change", choices=sorted(BEFORE), default="modconv")
     args = ap.parse_args()
+    variants = {"before": BEFORE[args.change], "after": nullcontext}
     torch.set_num_threads(1)
     rt = Runtime("cpu", args.dtype)
     model = rt.prepare(load(args.preset))
     work = workloads(model, rt, args.batch)
-    cpu: dict[tuple[str, str], list[float]] = {(w, v): [] for w in work for v in VARIANTS}
+    cpu: dict[tuple[str, str], list[float]] = {(w, v): [] for w in work for v in variants}
     out = {}
-    for v, variant in VARIANTS.items():
+    for v, variant in variants.items():
         with variant():
             out[v] = work["render"]()  # also the warm-up
             work["frame"]()
     for i in range(args.repeats):
         for w, fn in work.items():
-            for v in sorted(VARIANTS, reverse=i % 2 == 1):  # alternate the order: drifts cancel in the ratio
-                with VARIANTS[v]():
+            for v in sorted(variants, reverse=i % 2 == 1):  # alternate the order: drifts cancel in the ratio
+                with variants[v]():
                     t = time.process_time()
                     fn()
                     cpu[w, v].append(1000 * (time.process_time() - t) / args.batch)
     diff = (out["after"] - out["before"]).abs().max().item()
-    print(f"{model.cfg.name} {model.cfg.size}px, batch {args.batch}, {args.dtype}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread, {args.repeats} repeats; max |after - before| of a render = {diff:.1e}")
+    print(f"change {args.change}: {model.cfg.name} {model.cfg.size}px, batch {args.batch}, {args.dtype}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread, {args.repeats} repeats; "
+          f"max |after - before| of a render = {diff:.1e}")
     for w in work:
         b, a = cpu[w, "before"], cpu[w, "after"]
         ratio = statistics.median(x / y for x, y in zip(a, b))

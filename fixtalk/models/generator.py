@@ -65,7 +65,9 @@ class ToFlow(nn.Module):
         raw = self.conv(x, style) + self.bias
         if skip is not None:
             raw = raw + self.upsample(skip)
-        grid = self.identity_grid(x.shape[-1], x.device, x.dtype) + torch.tanh(raw[:, 0:2]).permute(0, 2, 3, 1)
+        # In raw's dtype, float32 under bf16 autocast (its bias is), not x's: a bf16 identity grid is off by up
+        # to 1/8 pixel at 128 px.
+        grid = self.identity_grid(x.shape[-1], x.device, raw.dtype) + torch.tanh(raw[:, 0:2]).permute(0, 2, 3, 1)
         mask = torch.sigmoid(raw[:, 2:3])
         warped = F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * mask
         return warped, warped + x * (1 - mask), raw

@@ -89,6 +89,9 @@ class Upsample(nn.Module):
 
 def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor, negative_slope: float = 0.2,
                      scale: float = 2**0.5) -> torch.Tensor:
+    """leaky_relu(x + bias) * scale, in x's dtype: under bf16 autocast a float32 bias would turn every activation
+    back into float32 and make the next conv cast it again (bf16 frames 4-10% slower; docs/performance.md)."""
+    bias = bias.to(x.dtype)
     if bias.ndim == 1 and x.ndim > 2:
         bias = bias.view(1, -1, *([1] * (x.ndim - 2)))
     return F.leaky_relu(x + bias, negative_slope) * scale
