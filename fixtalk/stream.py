@@ -124,6 +124,7 @@ class Stream:
         own = src.state.motion
         self._base = Motion(own.lip.float().to(dev), own.pose.float().to(dev),
                             own.exp.float().to(dev) if has_exp and own.exp is not None else None)
+        self._own_lip = self._base.lip.cpu()  # what a relative Audio2Lip's output is added to, every frame
         self._hold = {f: None if b is None else b.cpu()  # "no face yet": the portrait's own
                       for f, b in zip(FACTORS, (self._base.lip, self._base.pose, self._base.exp))}
         self._const: dict[str, torch.Tensor] = {}  # factor -> 1 x n weights held for every frame
@@ -292,7 +293,7 @@ class Stream:
         for i in range(len(self._lip), max(done, 0)):
             window = torch.cat(self._raw.window(max(i - 1, 0), i + 2))
             smoothed = smooth_lip_weights(window)[min(i, 1)][None]
-            self._lip.append(audio_mouth(pipe.cfg, smoothed, self._base.lip.cpu()))
+            self._lip.append(audio_mouth(pipe.cfg, smoothed, self._own_lip))
         self._trim()
         if len(new):
             self.timings["audio"].append(time.perf_counter() - t0)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from fixtalk.models.fixtalk import FixTalk
-from fixtalk.train.clipstore import Clip, read_frames
-from fixtalk.train.data import to_tensor
+from fixtalk.train.clipstore import Clip
+from fixtalk.train.setup import frame_motion
 
 FILE = "lip_targets.npz"
 _CHUNK = 64  # frames decoded and encoded at a time (bounded memory on long clips)
@@ -47,9 +47,7 @@ def compute(model: FixTalk, clips: list[Clip], size: int, device: torch.device,
         rows = []
         for i in range(0, clip.frames, _CHUNK):
             idx = list(range(i, min(i + _CHUNK, clip.frames)))
-            x = torch.stack([to_tensor(f, size) for f in read_frames(clip.mp4, idx)]).to(device)
-            feat = model.driving_features(x)
-            rows.append(model.predict_motion(feat, feat, feat).lip.float().cpu())
+            rows.append(frame_motion(model, clip, idx, size, device).lip.float().cpu())
             bar.update(len(idx))
         out[clip.name] = torch.cat(rows).numpy()
     bar.close()

@@ -480,10 +480,12 @@ def _finish(opts: TrainOptions, env: DistEnv, b: _Built, step: int, log: RunLogg
             skipped: int) -> None:
     """Exports the model (with expression presets) to RUN/final/ and closes the log."""
     if b.main:
-        if b.cfg.has_expression and S.moves_motion_heads(opts.stage):
-            # Presets are means of the expression head's output: stale as soon as E or the FDM heads moved.
-            b.presets.update(S.expression_presets(b.model, b.clips, b.cfg.size, env.device))
-            if b.a2l is not None and opts.stage != "audio2lip":
+        if S.moves_motion_heads(opts.stage):
+            # Presets are means of the expression head's output, Audio2Lip a fit to the mouth head's: both are
+            # stale as soon as E, the FDM heads or EMI moved.
+            if b.cfg.has_expression:
+                b.presets.update(S.expression_presets(b.model, b.clips, b.cfg.size, env.device))
+            if b.a2l is not None:
                 print("fixtalk train: this stage moved the mouth bank Audio2Lip was fitted to; re-fit it with "
                       "`fixtalk train --stage audio2lip`")
         save_bundle(Bundle(b.model, b.a2l, b.presets), b.run / "final")

@@ -25,6 +25,7 @@ from torch import nn
 from fixtalk.checkpoint import EMOTIONS, load_bundle
 from fixtalk.config import ModelConfig, get_preset
 from fixtalk.errors import InputError
+from fixtalk.models.fdm import Motion
 from fixtalk.models.fixtalk import FixTalk
 from fixtalk.naming import mead_speaker
 from fixtalk.train.data import AudioDataset, Clip, ClipDataset, PairDataset, SwapDataset, read_frames, to_tensor
@@ -198,18 +199,17 @@ def expression_presets(model: FixTalk, clips: list[Clip], size: int, device: tor
     was_training = model.training
     model.eval()
     per_clip: dict[Clip, np.ndarray] = {}  # mean expression weights of each usable clip
+    labelled = preset_clips(clips)
     for emotion in EMOTIONS:
         taken = 0
-        for c in (c for c in preset_clips(clips) if c.emotion == emotion):
+        for c in (c for c in labelled if c.emotion == emotion):
             if taken >= max_frames:
                 break
             idx = np.linspace(0, c.frames - 1, min(frames_per_clip, c.frames)).round().astype(int).tolist()
             try:
-                imgs = torch.stack([to_tensor(f, size) for f in read_frames(c.mp4, idx)]).to(device)
+                exp = frame_motion(model, c, idx, size, device).exp
             except (InputError, OSError):
                 continue
-            feat = model.driving_features(imgs)
-            exp = model.predict_motion(feat, feat, feat).exp
             assert exp is not None
             per_clip[c] = exp.float().cpu().numpy().mean(0)
             taken += len(idx)
@@ -222,6 +222,13 @@ def expression_presets(model: FixTalk, clips: list[Clip], size: int, device: tor
         if ws:
             out[emotion] = np.mean(ws, 0, keepdims=True).astype(np.float32)
     return out
+
+
+def frame_motion(model: FixTalk, clip: Clip, idx: list[int], size: int, device: torch.device) -> Motion:
+    """Bank weights of frames `idx` of a prepared clip, each factor from its own frame (as inference does)."""
+    x = torch.stack([to_tensor(f, size) for f in read_frames(clip.mp4, idx)]).to(device)
+    feat = model.driving_features(x)
+    return model.predict_motion(feat, feat, feat)
 
 
 def _speaker_reference(identity: str, per_clip: dict[Clip, np.ndarray]) -> np.ndarray:
