@@ -55,6 +55,7 @@ from fixtalk.driving import (
     relative,
 )
 from fixtalk.errors import InputError
+from fixtalk.frame_pool import FramePool
 from fixtalk.models.audio2lip import smooth_lip_weights
 from fixtalk.models.fdm import Motion
 from fixtalk.pipeline import FLAT_CROP_STD, FPS, Pipeline, PreparedSource, to_tensor, to_uint8
@@ -107,7 +108,7 @@ class Stream:
 
     def __init__(self, pipe: Pipeline, src: PreparedSource, mouth: str = "driver", pose: str = "driver",
                  expression: str | None = "driver", strength: Sequence[float] = (1.0, 1.0, 1.0),
-                 paste_back: bool = True, fps: float = FPS, face_index: int = 0) -> None:
+                 paste_back: bool = True, fps: float = FPS, face_index: int = 0, workers: int = 1) -> None:
         from fixtalk.faces import FaceTrack
 
         self.pipe, self.src, self.paste_back = pipe, src, paste_back
@@ -164,6 +165,7 @@ class Stream:
         self._next = 0                         # next output frame index
         self._arrival: dict[int, float] = {}   # frame -> when its own inputs were all in
         self._closed = False
+        self._pool = FramePool(workers)        # frames rendered at once, one thread each (fixtalk.frame_pool)
         self.latencies: list[float] = []       # seconds from a frame's inputs to its output, per frame
         self.timings: dict[str, list[float]] = defaultdict(list)  # stage -> seconds per call
 
@@ -205,7 +207,9 @@ class Stream:
         now = time.perf_counter()
         for i in range(self._next, length):
             self._arrival.setdefault(i, now)
-        return self._emit(length)
+        out = self._emit(length) + self._collect(self._pool.drain())
+        self._pool.close()
+        return out
 
     # --- driver frames ---------------------------------------------------------------------------------
     def _add_frame(self, frame: np.ndarray) -> None:
@@ -339,27 +343,37 @@ class Stream:
         self._raw.forget_before(len(self._lip) - 1)
 
     def _emit(self, stop: int) -> list[np.ndarray]:
-        from fixtalk.faces import paste_back
-
+        """Queue frames [next, stop) for rendering; return the frames finished so far, in order."""
         out: list[np.ndarray] = []
-        pipe = self.pipe
         while self._next < stop:
-            idx = list(range(self._next, min(self._next + pipe.batch_size, stop)))
+            idx = list(range(self._next, min(self._next + self.pipe.batch_size, stop)))
             exp = None if self._base.exp is None else self._weights("exp", idx)
             mixed = mix_motion(self._base, Motion(self._weights("lip", idx), self._weights("pose", idx), exp),
                                self.strength)
-            t0 = time.perf_counter()
-            model = self.src.model or pipe.model  # the generator tuned on this source (--tune) if any
-            img = pipe.runtime.run(model.render, self.src.state, mixed)
-            faces = to_uint8(img)
-            t1 = time.perf_counter()
-            for face in faces:
-                out.append(paste_back(self.src.image, face, self.src.transform) if self.paste_back else face)
-            now = time.perf_counter()
-            self.timings["render"].append(t1 - t0)
-            self.timings["paste"].append(now - t1)
-            self.latencies.extend(now - self._arrival.pop(i, now) for i in idx)
+            arrived = [self._arrival.pop(i, None) for i in idx]
+            out += self._collect(self._pool.submit(self._draw, mixed, arrived))
             self._next = idx[-1] + 1
             self._forget()
-        return out
+        return out + self._collect(self._pool.ready())
 
+    def _draw(self, mixed: Motion, arrived: list[float | None]) -> tuple[list[np.ndarray], list[float | None]]:
+        """Render and paste back one call's frames (on a FramePool thread when workers > 1)."""
+        from fixtalk.faces import paste_back
+
+        t0 = time.perf_counter()
+        model = self.src.model or self.pipe.model  # the generator tuned on this source (--tune) if any
+        faces = to_uint8(self.pipe.runtime.run(model.render, self.src.state, mixed))
+        t1 = time.perf_counter()
+        out = [paste_back(self.src.image, face, self.src.transform) if self.paste_back else face for face in faces]
+        self.timings["render"].append(t1 - t0)
+        self.timings["paste"].append(time.perf_counter() - t1)
+        return out, arrived
+
+    def _collect(self, done: list[tuple[list[np.ndarray], list[float | None]]]) -> list[np.ndarray]:
+        """Finished calls, in order: their frames, and each frame's latency up to now (when it is handed out)."""
+        now = time.perf_counter()
+        out: list[np.ndarray] = []
+        for frames, arrived in done:
+            out += frames
+            self.latencies.extend(now - (now if t is None else t) for t in arrived)
+        return out

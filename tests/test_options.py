@@ -86,8 +86,11 @@ def test_bf16_renders_what_fp32_renders() -> None:
     imgs = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8, generator=g) * 2 - 1, size=128, mode="bicubic")
     src, drv = imgs[:1].clamp(-1, 1), imgs[1:].clamp(-1, 1)
     frames = {}
-    for dtype in ("fp32", "bf16"):
+    for dtype in ("fp32", "bf16"):  # fp32 first: the bf16 runtime lays the encoder's weights out channels_last
         rt = runtime.Runtime("cpu", dtype)
+        rt.prepare(model)
+        convs = [p for p in model.enc.parameters() if p.dim() == 4 and p.shape[-1] > 1]  # 1x1: both layouts
+        assert all(p.is_contiguous(memory_format=torch.channels_last) == (dtype == "bf16") for p in convs)
         state = rt.run(model.prepare_source, src)
         motion = rt.run(lambda: model.predict_motion(*[model.driving_features(drv)] * 3))
         frames[dtype] = to_uint8(rt.run(model.render, state, motion))

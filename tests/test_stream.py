@@ -116,6 +116,26 @@ def test_audio_stream_equals_batch_with_one_frame_lookahead(pipe: Pipeline, src:
     assert_frames_differ(sad.push(audio=wav) + sad.flush(), want)
 
 
+def test_frames_rendered_side_by_side_equal_one_at_a_time(pipe: Pipeline, src: PreparedSource,
+                                                          data: dict[str, Path]) -> None:
+    """workers=2 (fixtalk.frame_pool) gives the same frames, in the same order, as workers=1."""
+    from fixtalk.audio import load_audio
+
+    frames = read_frames(data["clip"])
+    wav = load_audio(data["speech"])
+    runs = []
+    for workers in (1, 2):
+        stream = Stream(pipe, src, mouth="audio", pose="driver", expression="driver", workers=workers)
+        got: list[np.ndarray] = []
+        for i, frame in enumerate(frames):
+            got += stream.push(frame, wav[i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME])
+        got += stream.flush()
+        assert len(stream.latencies) == len(got) == len(frames)
+        runs.append(got)
+    np.testing.assert_array_equal(np.stack(runs[1]), np.stack(runs[0]))
+    assert_frames_differ(runs[1][1:], runs[0][:-1])  # negative control: order matters
+
+
 def test_audio_mouth_with_shorter_driver_pingpongs_like_batch(pipe: Pipeline, src: PreparedSource,
                                                               data: dict[str, Path]) -> None:
     from fixtalk.audio import load_audio
@@ -165,11 +185,12 @@ def test_live_cli_prints_latency_and_writes_video(data: dict[str, Path], tmp_pat
 
     out = tmp_path / "live.mp4"
     rc = main(["live", "--source", str(FACES / PORTRAIT), "--driving", str(data["clip"]), "--checkpoint",
-               str(data["ckpt"]), "--output", str(out), "--max-frames", "8", "--expression", "sad"])
+               str(data["ckpt"]), "--output", str(out), "--max-frames", "8", "--expression", "sad", "--parallel", "2"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert printed.count(" latency ") == 8
     assert "latency per frame: median" in printed and "p95" in printed
+    assert "2 frames at once" in printed.splitlines()[0]
     info = probe(out)
     assert (info.frames, info.codec, info.width) == (8, "h264", 256)
 
