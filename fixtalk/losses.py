@@ -2,7 +2,8 @@
 
 * Image losses (FixTalk Eqs. 2-3, as EDTalk's code computes them; docs/architecture.md 4.2):
   `reconstruction_l1`, `perceptual_pyramid` (FOMM/LIA "VGGLoss": L1 over a 4-scale pyramid, not the
-  squared L2 written in the paper), `gan_generator_loss`, `gan_discriminator_loss` (non-saturating).
+  squared L2 written in the paper), `gan_generator_loss`, `gan_discriminator_loss` (non-saturating),
+  `r1_penalty` (Mescheder et al. 2018; optional, `fixtalk train --r1`).
 * FixTalk (Sec. 4): `disentangle_loss` (L_dis, Eq. 4), `memory_recall_loss` (L_d-mem, Eq. 6),
   `memory_align_kl` (L_align, Eq. 8).
 * Pixel path (docs/quality.md): `landmark_flow_loss`, MetaPortrait's landmark-guided flow supervision.
@@ -118,6 +119,18 @@ def gan_generator_loss(fake_logits: Tensor) -> Tensor:
 def gan_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """Discriminator loss softplus(-D(I^d)).mean() + softplus(D(I^g)).mean() (FixTalk Eq. 3)."""
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def r1_penalty(real_logits: Tensor, real: Tensor, gamma: float) -> Tensor:
+    """R1 = gamma/2 * E_x[||grad_x D(x)||^2] on real images (Mescheder, Geiger and Nowozin, "Which Training
+    Methods for GANs do actually Converge?", ICML 2018, Eq. 9; StyleGAN2 applies it lazily).
+
+    real_logits: D(real), B x K (K logits per image are summed: the gradient of the image's total logit, as
+    StyleGAN2 does for its single logit); real: the B x ... input with requires_grad, in the graph of
+    real_logits. Built with create_graph so that the penalty trains D. Returns the batch mean.
+    """
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+    return 0.5 * gamma * grad.float().pow(2).flatten(1).sum(1).mean()
 
 
 # --- FixTalk (Sec. 4) -----------------------------------------------------------------------------

@@ -180,3 +180,23 @@ def test_landmark_flow_loss_in_pixels() -> None:
     value = losses.landmark_flow_loss(grid, lm_nan, lm_nan)
     assert torch.isfinite(value) and abs(float(value) - 3.0) < 1e-3
     assert float(losses.landmark_flow_loss(grid[:1], lm_nan[:1], lm_nan[:1])) == 0.0
+
+
+def test_r1_penalty_of_a_linear_and_a_quadratic_d() -> None:
+    """R1 = gamma/2 E||grad_x D(x)||^2 (Mescheder et al. 2018): D(x) = sum(w*x) has grad w for every sample;
+    D(x) = sum(w*x^2)/2 has grad w*x, so the batch mean differs from the sum and from any one sample."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 4, requires_grad=True)
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    gamma = 0.7
+    r1 = losses.r1_penalty((w * x).flatten(1).sum(1, keepdim=True), x, gamma)
+    assert r1.item() == pytest.approx(gamma / 2 * w.detach().pow(2).sum().item(), rel=1e-5)
+    r1.backward()  # create_graph: the penalty trains D, d/dw gamma/2 ||w||^2 = gamma w
+    torch.testing.assert_close(w.grad, gamma * w.detach())
+    x2 = x.detach().requires_grad_(True)
+    r1q = losses.r1_penalty((w * x2 ** 2 / 2).flatten(1).sum(1, keepdim=True), x2, gamma)
+    per_sample = gamma / 2 * (w.detach() * x2.detach()).pow(2).flatten(1).sum(1)
+    assert r1q.item() == pytest.approx(per_sample.mean().item(), rel=1e-5)
+    # several logits per image (a patch D): the gradient of the image's summed logit
+    r1p = losses.r1_penalty(torch.stack([(w * x2).flatten(1).sum(1), (w * x2).flatten(1).sum(1)], 1), x2, gamma)
+    assert r1p.item() == pytest.approx(gamma / 2 * (2 * w.detach()).pow(2).sum().item(), rel=1e-5)

@@ -81,6 +81,9 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     o.add_argument("--pixel-lr-mult", type=float, default=10.0, help="lr multiplier of the pixel path's head")
     o.add_argument("--curriculum-max", type=float, default=0.5,
                    help="fixtalk stage: final probability of rendering from the motion-source address")
+    o.add_argument("--ema-halflife", type=float, default=0.0, metavar="STEPS",
+                   help="EMA of G's weights with this half-life in steps (StyleGAN2's G_ema; 0 = off): final/ is "
+                        "then written from the EMA weights and final_raw/ from the raw ones")
     l_ = t.add_argument_group("losses")
     l_.add_argument("--perceptual", default="mobilenet_v2", choices=["mobilenet_v2", "vgg19"],
                     help="backbone of the perceptual pyramid (vgg19 needs --vgg19)")
@@ -88,6 +91,12 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     l_.add_argument("--syncnet", help="Wav2Lip lipsync_expert.pth for the audio2lip SyncNet loss")
     l_.add_argument("--loss-weight", action="append", metavar="NAME=VALUE",
                     help="replace one loss weight (repeatable), e.g. gan=0 (drops D) or perceptual=0.5")
+    l_.add_argument("--discriminator", default="stylegan", choices=["stylegan", "projected"],
+                    help="D of the GAN loss: stylegan (EDTalk's) or projected (Projected GANs: heads over frozen "
+                         "MobileNetV2 features); only built when the GAN weight is > 0")
+    l_.add_argument("--r1", type=float, default=0.0, metavar="GAMMA",
+                    help="R1 penalty gamma/2*E||grad D(real)||^2 in the D step (0 = off)")
+    l_.add_argument("--r1-every", type=int, default=16, help="lazy R1: every this many steps, scaled by it")
     l_.add_argument("--no-image-losses", action="store_true", help="audio2lip: weight losses only")
     l_.add_argument("--frame-fraction", type=float, help="use only the first fraction of each clip (finetune 0.8)")
     l_.add_argument("--split", choices=["train", "test", "all"], help="manifest split (default train; finetune all)")
@@ -123,5 +132,6 @@ def _train(args: argparse.Namespace) -> int:
         save_every=args.save_every, log_every=args.log_every, sample_every=args.sample_every, seed=args.seed,
         workers=args.workers, precision=args.precision, curriculum_max=args.curriculum_max,
         image_losses=not args.no_image_losses, frame_fraction=args.frame_fraction, split=args.split,
-        weights=parse_loss_weights(args.loss_weight), pixel_lr_mult=args.pixel_lr_mult)
+        weights=parse_loss_weights(args.loss_weight), pixel_lr_mult=args.pixel_lr_mult,
+        ema_halflife=args.ema_halflife, discriminator=args.discriminator, r1=args.r1, r1_every=args.r1_every)
     return train(opts, dry_run=args.dry_run)

@@ -2,6 +2,7 @@
 
 * Adam as EDTalk: G lr 0.002 * 4/5, betas (0, 0.99^(4/5)); D lr 0.002 * 16/17, betas (0, 0.99^(16/17));
   non-saturating GAN, no R1 / path-length regularisation (docs/architecture.md 4.2, 5). bf16 autocast on CUDA.
+  Optional (train/recipe.py, off by default): a Projected GAN D, lazy R1, an EMA of G (final/ + final_raw/).
 * One step = generator step (D frozen) then discriminator step on the same, detached fakes (LIA/EDTalk order).
 * Multi-GPU / multi-node with `torchrun`: DDP (NCCL on GPU, gloo on CPU) around `StageLosses` (one forward per
   step) and `DiscriminatorLoss`; `EpochSampler` = DistributedSampler that resumes mid-epoch.
@@ -35,11 +36,12 @@ from fixtalk.config import ModelConfig
 from fixtalk.errors import InputError
 from fixtalk.models.audio2lip import Audio2Lip
 from fixtalk.models.backbones import load_backbone
-from fixtalk.models.discriminator import Discriminator
 from fixtalk.models.fixtalk import FixTalk
 from fixtalk.train import lip_targets
+from fixtalk.train import recipe as R
 from fixtalk.train import setup as S
 from fixtalk.train.data import AudioDataset, Clip, ClipDataset, EpochSampler, read_clips
+from fixtalk.train.ema import Ema
 from fixtalk.train.logs import RunLogger
 from fixtalk.train.options import D_BETAS, D_LR, TrainOptions
 from fixtalk.train.stages import DiscriminatorLoss, StageLosses
@@ -126,7 +128,7 @@ class _Built:
     ck: dict[str, Any] | None
     cfg: ModelConfig
     model: FixTalk
-    d: Discriminator | None
+    d: nn.Module | None
     a2l: Audio2Lip | None
     named: list[tuple[str, nn.Parameter]]
     presets: dict[str, Any]
@@ -147,6 +149,7 @@ class _State:
     elapsed0: float
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer | None
+    ema: Ema | None = None  # --ema-halflife: the average of the trained weights (train/ema.py)
 
 
 def _say(main: bool) -> Any:
@@ -154,11 +157,11 @@ def _say(main: bool) -> Any:
 
 
 def _build_models(opts: TrainOptions, env: DistEnv, ck: dict[str, Any] | None, init: S.InitWeights | None,
-                  cfg: ModelConfig) -> tuple[FixTalk, Discriminator | None, Audio2Lip | None, dict[str, str]]:
+                  cfg: ModelConfig) -> tuple[FixTalk, nn.Module | None, Audio2Lip | None, dict[str, str]]:
     torch.manual_seed(opts.seed + env.rank)
     model = FixTalk(cfg)
     # --loss-weight gan=0 drops D altogether (no wasted D passes; L1 + perceptual only).
-    d = Discriminator(cfg) if opts.preset_of_stage.uses_d and opts.weights.gan > 0 else None
+    d = R.make_discriminator(opts, cfg)
     has_a2l = opts.stage == "audio2lip" or (init is not None and init.audio2lip is not None) or \
         (ck is not None and ck.get("audio2lip") is not None)
     a2l = Audio2Lip(cfg.lip_dim) if has_a2l else None
@@ -206,7 +209,7 @@ def _resolved(opts: TrainOptions, env: DistEnv, b: _Built, problems: list[str]) 
                   "d": {"lr": d_lr, "betas": D_BETAS} if b.d else None},
         "params": {"trainable": sum(p.numel() for n, p in b.named if p.requires_grad),
                    "frozen": sum(p.numel() for n, p in b.named if not p.requires_grad),
-                   "discriminator": sum(p.numel() for p in b.d.parameters()) if b.d else 0},
+                   "discriminator": sum(p.numel() for p in R.d_parameters(b.d)) if b.d else 0},
         "trainable_prefixes": list(opts.trainable_prefixes), "init": {"from": opts.init, **b.init_report},
         "data": {"clips": len(b.dataset.clips), "split": opts.data_split, "kind": opts.preset_of_stage.data,
                  "missing": problems, "steps_per_epoch": b.steps_per_epoch},
@@ -260,7 +263,7 @@ def _restore(opts: TrainOptions, env: DistEnv, b: _Built, log: RunLogger) -> _St
     rest = [p for n, p in b.named if p.requires_grad and not n.startswith("dec.pixel_warp.")]
     groups = [{"params": rest}] + ([{"params": pixel, "lr": lr * opts.pixel_lr_mult}] if pixel else [])
     opt_g = torch.optim.Adam(groups, lr=lr, betas=opts.preset_of_stage.betas)
-    opt_d = torch.optim.Adam(b.d.parameters(), lr=d_lr, betas=D_BETAS) if b.d is not None else None
+    opt_d = torch.optim.Adam(R.d_parameters(b.d), lr=d_lr, betas=D_BETAS) if b.d is not None else None
     if ck is None:
         log.event(0, "start", world_size=env.world, init=b.init_report)
         return _State(step, elapsed0, opt_g, opt_d)
@@ -289,7 +292,8 @@ def _checkpoint(env: DistEnv, b: _Built, st: _State, log: RunLogger, elapsed: fl
             "step": st.step, "elapsed": elapsed, "config": json.dumps(b.resolved), "model": b.model.state_dict(),
             "d": None if b.d is None else b.d.state_dict(), "audio2lip": None if b.a2l is None else b.a2l.state_dict(),
             "opt_g": st.opt_g.state_dict(), "opt_d": None if st.opt_d is None else st.opt_d.state_dict(),
-            "rng": rngs, "presets": S.presets_to_lists(b.presets)})
+            "rng": rngs, "presets": S.presets_to_lists(b.presets),
+            **({"ema": st.ema.state_dict()} if st.ema is not None else {})})
         log.event(st.step, "checkpoint", elapsed=round(elapsed, 2))
     env.barrier()
 
@@ -307,7 +311,7 @@ class _Steps:
 
 def _steps(opts: TrainOptions, env: DistEnv, b: _Built, backbone: nn.Module, syncnet: SyncNetColor | None) -> _Steps:
     g_loss = StageLosses(opts, b.model, b.a2l, b.d, backbone, syncnet)
-    d_loss = DiscriminatorLoss(b.d) if b.d is not None else None
+    d_loss = DiscriminatorLoss(b.d, opts.r1) if b.d is not None else None
     g_run: Any = g_loss
     d_run: Any = d_loss
     if env.world > 1:
@@ -339,7 +343,7 @@ def _step(opts: TrainOptions, env: DistEnv, b: _Built, st: _State, sx: _Steps, b
         assert b.d is not None  # opt_d exists only with D
         b.d.requires_grad_(True)
         with sx.autocast():
-            dl, d_logs = sx.d_run(real.detach(), fake.detach())
+            dl, d_logs = sx.d_run(real.detach(), fake.detach(), R.r1_scale(opts, st.step))
         opt_d.zero_grad(set_to_none=True)
         dl.backward()
     elapsed = st.elapsed0 + time.monotonic() - sx.t0
@@ -351,6 +355,8 @@ def _step(opts: TrainOptions, env: DistEnv, b: _Built, st: _State, sx: _Steps, b
         flags = flags.cpu()
     if flags[0] == 0:
         st.opt_g.step()
+        if st.ema is not None:
+            st.ema.update()
         if opt_d is not None:
             opt_d.step()
     return {**logs, **d_logs}, samples, flags, elapsed
@@ -463,6 +469,7 @@ def _train(opts: TrainOptions, env: DistEnv, dry_run: bool) -> int:
         say("fixtalk train: SyncNet loss skipped (no --syncnet weights, Wav2Lip lipsync_expert.pth)")
         log.event(0, "note", text="SyncNet loss skipped: no --syncnet weights")
     st = _restore(opts, env, b, log)
+    st.ema = R.make_ema(opts, b.model, b.a2l, b.ck)
     if isinstance(b.dataset, AudioDataset):  # the frozen generator's mouth weights, once (train/lip_targets.py)
         b.dataset.targets = lip_targets.load_or_compute(b.run, b.model, b.dataset.clips, b.cfg.size, env.device,
                                                         b.main, env.barrier)
@@ -472,25 +479,31 @@ def _train(opts: TrainOptions, env: DistEnv, dry_run: bool) -> int:
         say(f"fixtalk train: interrupted at step {st.step}; checkpoint saved, re-run the same command to resume")
         log.close()
         return 130
-    _finish(opts, env, b, st.step, log, stop, elapsed, skipped)
+    _finish(opts, env, b, st, log, stop, elapsed, skipped)
     return 0
 
 
-def _finish(opts: TrainOptions, env: DistEnv, b: _Built, step: int, log: RunLogger, stop: str, elapsed: float,
+def _finish(opts: TrainOptions, env: DistEnv, b: _Built, st: _State, log: RunLogger, stop: str, elapsed: float,
             skipped: int) -> None:
-    """Exports the model (with expression presets) to RUN/final/ and closes the log."""
+    """Exports the model (with expression presets) to RUN/final/ (with --ema-halflife: the EMA weights, and the
+    raw ones to RUN/final_raw/) and closes the log."""
+    step = st.step
     if b.main:
-        if S.moves_motion_heads(opts.stage):
-            # Presets are means of the expression head's output, Audio2Lip a fit to the mouth head's: both are
-            # stale as soon as E, the FDM heads or EMI moved.
-            if b.cfg.has_expression:
-                b.presets.update(S.expression_presets(b.model, b.clips, b.cfg.size, env.device))
-            if b.a2l is not None:
-                print("fixtalk train: this stage moved the mouth bank Audio2Lip was fitted to; re-fit it with "
-                      "`fixtalk train --stage audio2lip`")
-        save_bundle(Bundle(b.model, b.a2l, b.presets), b.run / "final")
-        log.event(step, "final", reason=stop, elapsed=round(elapsed, 2), skipped_steps=skipped)
-        print(f"fixtalk train: {opts.stage} done at step {step} ({stop}); model exported to {b.run / 'final'}")
+        if S.moves_motion_heads(opts.stage) and b.a2l is not None:
+            print("fixtalk train: this stage moved the mouth bank Audio2Lip was fitted to; re-fit it with "
+                  "`fixtalk train --stage audio2lip`")
+        for folder, model, a2l in R.exports(st.ema, b.model, b.a2l):
+            presets = dict(b.presets)
+            # Presets are means of the expression head's output: stale as soon as E, the FDM heads or EMI moved,
+            # and computed per export (the EMA's heads are not the raw ones).
+            if S.moves_motion_heads(opts.stage) and b.cfg.has_expression:
+                presets.update(S.expression_presets(model, b.clips, b.cfg.size, env.device))
+            save_bundle(Bundle(model, a2l, presets), b.run / folder)
+            what = "" if st.ema is None else (" (EMA weights)" if folder == "final" else " (raw weights)")
+            print(f"fixtalk train: {opts.stage} done at step {step} ({stop}); model exported to "
+                  f"{b.run / folder}{what}")
+        log.event(step, "final", reason=stop, elapsed=round(elapsed, 2), skipped_steps=skipped,
+                  ema=st.ema is not None)
     if env.world > 1:  # lets a user (and the tests) see that every rank ran and stayed in sync
         checksum = sum(float(p.detach().double().sum()) for _, p in b.named)
         print(f"fixtalk train: rank {env.rank}/{env.world} finished at step {step} "

@@ -18,6 +18,7 @@ G_LR = 0.002 * 4 / 5                  # EDTalk: lr * g_ratio, g_ratio = g_reg_ev
 G_BETAS = (0.0, 0.99 ** (4 / 5))
 D_LR = 0.002 * 16 / 17                # d_reg_every = 16 -> ratio 16/17
 D_BETAS = (0.0, 0.99 ** (16 / 17))
+DISCRIMINATORS = ("stylegan", "projected")  # fixtalk/models/discriminator.py, projected_discriminator.py
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,10 @@ class TrainOptions:
     frame_fraction: float | None = None  # sample only the first fraction of each clip (finetune: 0.8)
     split: str | None = None           # manifest split to train on (default train; finetune: all)
     pixel_lr_mult: float = 10.0        # lr multiplier of the rgb_warp pixel path's head (dec.pixel_warp.)
+    ema_halflife: float = 0.0          # EMA of G's weights, half-life in steps (0: off); final/ = EMA, final_raw/
+    discriminator: str = "stylegan"    # stylegan (EDTalk's D) or projected (Projected GANs, frozen MobileNetV2)
+    r1: float = 0.0                    # R1 gamma on real images (0: off), applied lazily every r1_every steps
+    r1_every: int = 16                 # StyleGAN2 lazy regularisation interval (the penalty is scaled by it)
     weights: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
@@ -124,6 +129,14 @@ class TrainOptions:
                 raise InputError(None, f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.workers < 0:
             raise InputError(None, "--workers must be >= 0")
+        if self.discriminator not in DISCRIMINATORS:
+            raise InputError(None, f"--discriminator must be one of {', '.join(DISCRIMINATORS)}, "
+                                   f"got {self.discriminator!r}")
+        for name in ("ema_halflife", "r1"):
+            if getattr(self, name) < 0:
+                raise InputError(None, f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.r1_every < 1:
+            raise InputError(None, f"--r1-every must be >= 1, got {self.r1_every}")
 
     @property
     def preset_of_stage(self) -> StagePreset:

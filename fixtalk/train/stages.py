@@ -183,14 +183,25 @@ class StageLosses(nn.Module):
 
 class DiscriminatorLoss(nn.Module):
     """softplus(-D(real)) + softplus(D(fake)) (FixTalk Eq. 3, non-saturating). One DDP forward per step
-    calls D twice, so the minibatch-stddev groups never mix real and fake images."""
+    calls D twice, so the minibatch-stddev groups never mix real and fake images.
 
-    def __init__(self, d: nn.Module) -> None:
+    r1_gamma > 0 adds the R1 penalty on the reals (`L.r1_penalty`) on the steps where the loop passes
+    r1_scale > 0: StyleGAN2's lazy regularisation passes the interval (--r1-every) every interval-th step."""
+
+    def __init__(self, d: nn.Module, r1_gamma: float = 0.0) -> None:
         super().__init__()
         self.d = d
+        self.r1_gamma = r1_gamma
 
-    def forward(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, real: Tensor, fake: Tensor, r1_scale: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+        r1 = bool(self.r1_gamma and r1_scale)
+        if r1:
+            real = real.detach().requires_grad_(True)
         real_logits, fake_logits = self.d(real).float(), self.d(fake).float()
         loss = L.gan_discriminator_loss(real_logits, fake_logits)
-        return loss, {"gan_d": loss.detach(), "d_real": real_logits.mean().detach(),
-                      "d_fake": fake_logits.mean().detach()}
+        logs = {"gan_d": loss.detach(), "d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach()}
+        if r1:
+            penalty = L.r1_penalty(real_logits, real, self.r1_gamma)
+            logs["r1"] = penalty.detach()
+            loss = loss + r1_scale * penalty
+        return loss, logs
