@@ -35,6 +35,8 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -60,6 +62,8 @@ from fixtalk.models.audio2lip import smooth_lip_weights
 from fixtalk.models.fdm import Motion
 from fixtalk.pipeline import FLAT_CROP_STD, FPS, Pipeline, PreparedSource, to_tensor, to_uint8
 
+T = TypeVar("T")
+Encoded = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]  # a driver frame's (weights, raw weights)
 MEL_HOP, MEL_HALF = 200, 400            # STFT hop and half window (centred frames) of fixtalk.audio
 
 
@@ -78,23 +82,23 @@ def audio_frames_needed(i: int) -> int:
     return -(-(last_mel * MEL_HOP + MEL_HALF) // SAMPLES_PER_FRAME)  # ceil
 
 
-class _Frames:
-    """Per-frame tensors with the oldest dropped once rendered; indices stay absolute."""
+class _Frames(Generic[T]):
+    """Per-frame values with the oldest dropped once rendered; indices stay absolute."""
 
     def __init__(self) -> None:
-        self.items: list[torch.Tensor] = []
+        self.items: list[T] = []
         self.offset = 0
 
     def __len__(self) -> int:
         return self.offset + len(self.items)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> T:
         return self.items[i - self.offset]
 
-    def append(self, x: torch.Tensor) -> None:
+    def append(self, x: T) -> None:
         self.items.append(x)
 
-    def window(self, a: int, b: int) -> list[torch.Tensor]:
+    def window(self, a: int, b: int) -> list[T]:
         return self.items[a - self.offset:b - self.offset]
 
     def forget_before(self, i: int) -> None:
@@ -152,16 +156,18 @@ class Stream:
             raise InputError(None, "nothing drives the stream: set a factor to 'driver' or the mouth to 'audio'")
 
         self._track = FaceTrack(pipe.detector, face_index=face_index, fps=fps) if self._video else None
-        self._drv = {f: _Frames() for f in self._video}  # per driver frame: 1 x n weights
-        self._last: dict[str, torch.Tensor] | None = None  # weights of the last frame with a face
-        self._start: dict[str, torch.Tensor] | None = None  # relative mode: weights of the first face
+        # Per driver frame: 1 x n weights, or the Future of its encoding (fixtalk.frame_pool).
+        self._drv: dict[str, _Frames[torch.Tensor | Future[Encoded]]] = {f: _Frames() for f in self._video}
+        self._last: Future[Encoded] | None = None   # the encoding of the last frame with a face
+        self._start: Future[Encoded] | None = None  # the first face's (relative mode: where motion starts)
         # Audio state: samples from absolute index _a0; mel frames from absolute index _m0; raw and
         # smoothed Audio2Lip weights per video frame.
         self._wav = np.zeros(0, np.float32)
         self._a0 = self._samples = 0
         self._mel = np.zeros((0, 80), np.float32)
         self._m0 = 0
-        self._raw, self._lip = _Frames(), _Frames()
+        self._raw: _Frames[torch.Tensor] = _Frames()
+        self._lip: _Frames[torch.Tensor] = _Frames()
         self._next = 0                         # next output frame index
         self._arrival: dict[int, float] = {}   # frame -> when its own inputs were all in
         self._closed = False
@@ -227,17 +233,29 @@ class Stream:
         if c is None:  # hold the last face's motion; before any face, the portrait's own
             held = self._last or self._hold
             for f in self._video:
-                self._drv[f].append(held[f])  # type: ignore[arg-type]  # None only in mode "none"
+                self._drv[f].append(held if isinstance(held, Future) else held[f])  # type: ignore[arg-type]  # None only in mode "none"
             return
-        feat = pipe.runtime.run(pipe.model.driving_features, to_tensor(c)).float().cpu()
-        w = predict_weights(pipe.runtime, pipe.model, feat, self._video)  # as Pipeline._factor for a video
-        if pipe.relative:  # the driver's motion since its first face, on the portrait's own (Motion.relative)
-            self._start = self._start or w
-            w = {f: relative(w[f], self._start[f], self._hold[f]) for f in w}  # type: ignore[arg-type]  # streamed: not None
-        self._last = w
+        # Encoded on a FramePool thread when workers > 1 (inline otherwise); jobs run in submission order,
+        # so this frame's render, and later frames' encodings, may wait on it.
+        encoded = self._pool.spawn(self._encode, c, self._start)
+        self._start = self._start or encoded
+        self._last = encoded
         for f in self._video:
-            self._drv[f].append(self._last[f])
-        self.timings["encode"].append(time.perf_counter() - t1)
+            self._drv[f].append(encoded)
+
+    def _encode(self, c: np.ndarray, start: Future[Encoded] | None) -> Encoded:
+        """(weights, raw weights) of one driver crop; relative mode adds the motion since the first face
+        (`start`, None for the first face itself) to the portrait's own, as Pipeline._factor for a video."""
+        t0 = time.perf_counter()
+        pipe = self.pipe
+        feat = pipe.runtime.run(pipe.model.driving_features, to_tensor(c)).float().cpu()
+        raw = predict_weights(pipe.runtime, pipe.model, feat, self._video)
+        w = raw
+        if pipe.relative:  # the driver's motion since its first face, on the portrait's own (Motion.relative)
+            first = raw if start is None else start.result()[1]
+            w = {f: relative(raw[f], first[f], self._hold[f]) for f in raw}  # type: ignore[arg-type]  # streamed: not None
+        self.timings["encode"].append(time.perf_counter() - t0)
+        return w, raw
 
     # --- audio -------------------------------------------------------------------------------------------
     def _add_audio(self, samples: np.ndarray) -> None:
@@ -326,12 +344,18 @@ class Stream:
             n = d if n is None else min(n, d)
         return n or 0
 
-    def _weights(self, f: str, idx: list[int]) -> torch.Tensor:
+    def _entries(self, f: str, idx: list[int]) -> list[torch.Tensor | Future[Encoded]]:
+        """What frames idx read for factor f (taken now: _forget may drop them before a worker reads them)."""
         if f in self._const:
-            return self._const[f].expand(len(idx), -1)
+            return [self._const[f].expand(len(idx), -1)]
         track = self._lip if self.modes[f] == "audio" else self._drv[f]
         n = len(track)
-        return torch.cat([track[pingpong(i, n)] for i in idx]).to(self.pipe.runtime.device)
+        return [track[pingpong(i, n)] for i in idx]
+
+    def _weights(self, f: str, entries: list[torch.Tensor | Future[Encoded]]) -> torch.Tensor:
+        """The n-wide weights of `entries` (waiting for encodings still in flight), on the runtime's device."""
+        rows = [e.result()[0][f] if isinstance(e, Future) else e for e in entries]
+        return torch.cat(rows).to(self.pipe.runtime.device)
 
     def _forget(self) -> None:
         """Drop weights no later frame reads. With the audio driving the mouth, flush() may ping-pong over
@@ -347,19 +371,21 @@ class Stream:
         out: list[np.ndarray] = []
         while self._next < stop:
             idx = list(range(self._next, min(self._next + self.pipe.batch_size, stop)))
-            exp = None if self._base.exp is None else self._weights("exp", idx)
-            mixed = mix_motion(self._base, Motion(self._weights("lip", idx), self._weights("pose", idx), exp),
-                               self.strength)
+            factors = [f for f in FACTORS if f != "exp" or self._base.exp is not None]
+            picks = {f: self._entries(f, idx) for f in factors}
             arrived = [self._arrival.pop(i, None) for i in idx]
-            out += self._collect(self._pool.submit(self._draw, mixed, arrived))
+            out += self._collect(self._pool.submit(self._draw, picks, arrived))
             self._next = idx[-1] + 1
             self._forget()
         return out + self._collect(self._pool.ready())
 
-    def _draw(self, mixed: Motion, arrived: list[float | None]) -> tuple[list[np.ndarray], list[float | None]]:
-        """Render and paste back one call's frames (on a FramePool thread when workers > 1)."""
+    def _draw(self, picks: dict[str, list[torch.Tensor | Future[Encoded]]],
+              arrived: list[float | None]) -> tuple[list[np.ndarray], list[float | None]]:
+        """Mix, render and paste back one call's frames (on a FramePool thread when workers > 1)."""
         from fixtalk.faces import paste_back
 
+        w = {f: self._weights(f, e) for f, e in picks.items()}
+        mixed = mix_motion(self._base, Motion(w["lip"], w["pose"], w.get("exp")), self.strength)
         t0 = time.perf_counter()
         model = self.src.model or self.pipe.model  # the generator tuned on this source (--tune) if any
         faces = to_uint8(self.pipe.runtime.run(model.render, self.src.state, mixed))

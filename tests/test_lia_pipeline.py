@@ -81,10 +81,12 @@ def test_drive_is_relative_to_the_drivers_first_frame(data: dict[str, Path], pip
     assert len(frames) == 6 and frames[0].shape == (128, 128, 3)
 
 
-def test_stream_equals_batch_in_relative_mode(data: dict[str, Path], pipe: Pipeline, src: PreparedSource) -> None:
+@pytest.mark.parametrize("workers", [1, 2])  # 2: encodings in flight on other threads (fixtalk.frame_pool)
+def test_stream_equals_batch_in_relative_mode(data: dict[str, Path], pipe: Pipeline, src: PreparedSource,
+                                              workers: int) -> None:
     clip = str(data["clip"])
     want = list(pipe.frames(src, pipe.drive(src, mouth=clip, pose=clip, expression=clip), (0.8, 1, 1)))
-    stream = Stream(pipe, src, strength=(0.8, 1, 1))
+    stream = Stream(pipe, src, strength=(0.8, 1, 1), workers=workers)
     with open_frames(clip) as reader:
         got = [out for frame in reader for out in stream.push(frame)]
     got += stream.flush()
