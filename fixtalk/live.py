@@ -55,9 +55,6 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
                    help="feed a video file at its frame rate, as a camera would (default: as fast as possible)")
     o.add_argument("--quiet", action="store_true", help="print only the summary")
     r = add_runtime_args(p, batch=False)  # one frame per call: a live stream cannot wait for a batch
-    r.add_argument("--parallel", type=int, metavar="N",
-                   help="frames rendered at once, one thread each (default: on a CPU with the torch backend, "
-                        "one per thread --threads allows; else 1)")
     r.add_argument("--checkpoint", help="checkpoint directory (default: the model shipped in the package)")
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
@@ -123,22 +120,6 @@ def summary(latencies: list[float], timings: dict[str, list[float]], wall: float
             f"median per call (ms): {stages}")
 
 
-def frame_workers(parallel: int | None, device: str, backend: str) -> int:
-    """How many frames the stream renders at once (fixtalk.frame_pool). By default, on a CPU with the torch
-    backend, one per intra-op thread chosen by --threads (or the idle cores), and torch then runs one thread
-    per frame: at 128 px two frames side by side ran 2x faster than one frame on two threads (docs/performance.md).
-    A GPU, and onnxruntime with its own thread pool, take one frame at a time."""
-    import torch
-
-    if parallel is not None and parallel < 1:
-        raise InputError(None, f"--parallel must be >= 1, got {parallel}")
-    if parallel is None:
-        parallel = torch.get_num_threads() if device == "cpu" and backend == "torch" else 1
-    if parallel > 1:
-        torch.set_num_threads(1)  # this thread (tracking, encoding) and each worker: one core each
-    return parallel
-
-
 def _live(args: argparse.Namespace) -> int:
     from fixtalk.driving import check_one_motion, parse_factors, require_audio
     from fixtalk.pipeline import FPS, Pipeline
@@ -154,15 +135,14 @@ def _live(args: argparse.Namespace) -> int:
     check_tune(args)
     camera, wav, frames, fps = _inputs(args)
     rt = options.runtime()
-    workers = frame_workers(args.parallel, rt.device.type, options.backend)
-    print(f"fixtalk live: {rt.describe()}" + (f", {workers} frames at once" if workers > 1 else ""), flush=True)
+    print(f"fixtalk live: {rt.describe()}", flush=True)
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=1, progress=False, tune_steps=args.tune,
                                     motion_mode=args.motion_mode)
     check_one_motion(pipe.cfg, mouth, args.pose, args.expression)  # before the face search
     src = pipe.prepare_source(args.source, face_index=args.face_index)
     stream = Stream(pipe, src, mouth=mouth, pose=args.pose, expression=args.expression,
                     strength=strengths(args),
-                    paste_back=not args.no_paste_back, fps=fps if mouth != "audio" else FPS, workers=workers)
+                    paste_back=not args.no_paste_back, fps=fps if mouth != "audio" else FPS)
     uses_frames = "driver" in (mouth, args.pose, args.expression)
     feed: np.ndarray | None = wav if mouth == "audio" else None  # streamed into the model, not just muxed
     writer = _writer(args, wav, camera, fps if uses_frames else FPS)

@@ -35,6 +35,16 @@ def choose_threads(requested: int | None = None) -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
+def choose_parallel(requested: int | None, threads: int, device: str) -> int:
+    """Frames rendered at once, each on threads // parallel intra-op threads (fixtalk.frame_pool): `requested`,
+    else one per thread on a CPU and 1 on a GPU. Why: at 128 px torch's intra-op threads do not pay (`fixtalk
+    live` ran 12.9 fps on one thread, 9.4 on two), while two frames side by side on one thread each reach
+    ~23 fps (docs/performance.md)."""
+    if requested is not None:
+        return requested
+    return threads if device == "cpu" else 1
+
+
 @dataclasses.dataclass(frozen=True)
 class RuntimeOptions:
     """The runtime flags every command shares (`add_runtime_args`), as one typed object."""
@@ -42,6 +52,7 @@ class RuntimeOptions:
     device: str = "auto"        # auto (CUDA when present), cpu, cuda, cuda:1, ...
     dtype: str = "auto"         # auto (resolve_dtype), fp32, bf16, fp16
     threads: int | None = None  # torch intra-op threads; None: choose_threads()
+    parallel: int | None = None  # frames rendered at once (fixtalk.frame_pool); None: choose_parallel()
     compile: bool = False       # torch.compile the generator
     batch: int | None = None    # frames per generator call; None: the command's default
     backend: str = "torch"      # torch, or onnx (fixtalk.onnx_backend: onnxruntime, CPU, fp32)
@@ -50,7 +61,7 @@ class RuntimeOptions:
     def __post_init__(self) -> None:
         from fixtalk.errors import InputError
 
-        for name in ("threads", "batch"):
+        for name in ("threads", "batch", "parallel"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(None, f"--{name} must be >= 1")
@@ -71,12 +82,17 @@ class RuntimeOptions:
 
         from fixtalk.runtime import Runtime
 
-        torch.set_num_threads(choose_threads(self.threads))
+        threads = choose_threads(self.threads)
+        torch.set_num_threads(threads)
         if self.backend == "onnx":
             from fixtalk.onnx_backend import OnnxRuntime
 
-            return OnnxRuntime(self.onnx)
-        return Runtime(self.device, self.dtype, self.compile)
+            return OnnxRuntime(self.onnx)  # onnxruntime's own threads; one frame at a time
+        rt = Runtime(self.device, self.dtype, self.compile)
+        rt.workers = choose_parallel(self.parallel, threads, rt.device.type)
+        rt.threads_each = max(1, threads // rt.workers)
+        torch.set_num_threads(rt.threads_each)  # this thread (tracking, encoding) and each worker alike
+        return rt
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RuntimeOptions:
@@ -97,6 +113,9 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch: int | None | bool =
                         "precision falls back to fp32 for any non-finite result")
     r.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads (default: the cores other processes leave idle, at least 1)")
+    r.add_argument("--parallel", type=int, metavar="N",
+                   help="frames rendered at once, sharing the threads (default: one per thread on a CPU, "
+                        "1 on a GPU and with --backend onnx)")
     if compile:
         r.add_argument("--compile", action="store_true", help="torch.compile the generator")
     if batch is not False:

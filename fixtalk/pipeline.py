@@ -354,16 +354,30 @@ class Pipeline:
 
     def frames(self, src: PreparedSource, drive: Drive, strength: tuple[float, float, float] = (1, 1, 1),
                paste_back: bool = True, side_by_side: bool = False) -> Iterator[np.ndarray]:
-        """Output frames (uint8 RGB), streamed batch by batch."""
+        """Output frames (uint8 RGB), streamed batch by batch; `runtime.workers` batches are rendered at once
+        (fixtalk.frame_pool), in order."""
+        from fixtalk.frame_pool import FramePool
+
+        def draw(start: int, motion: Motion) -> list[np.ndarray]:
+            out = to_uint8(self.runtime.run((src.model or self.model).render, src.state, motion))
+            return [self._finish(face, src, drive, start + k, paste_back, side_by_side) for k, face in enumerate(out)]
+
+        pool = FramePool(self.runtime.workers, self.runtime.threads_each)
+        try:
+            for start, motion in self.motions(src, drive, strength):
+                for frames in pool.submit(draw, start, motion):
+                    yield from frames
+            for frames in pool.drain():
+                yield from frames
+        finally:
+            pool.close()
+
+    def _finish(self, face: np.ndarray, src: PreparedSource, drive: Drive, i: int, paste_back: bool,
+                side_by_side: bool) -> np.ndarray:
         from fixtalk.faces import paste_back as paste
 
-        for start, motion in self.motions(src, drive, strength):
-            out = to_uint8(self.runtime.run((src.model or self.model).render, src.state, motion))
-            for k, face in enumerate(out):
-                frame = paste(src.image, face, src.transform) if paste_back else face
-                if side_by_side:
-                    frame = self._side_by_side(frame, src, drive, start + k)
-                yield frame
+        frame = paste(src.image, face, src.transform) if paste_back else face
+        return self._side_by_side(frame, src, drive, i) if side_by_side else frame
 
     def render(self, src: PreparedSource, drive: Drive, output: str | Path,
                strength: tuple[float, float, float] = (1, 1, 1), paste_back: bool = True,

@@ -98,6 +98,8 @@ class Runtime:
         self.dtype = DTYPES[self.dtype_name]
         self.compile = compile
         self.fallbacks = 0  # calls recomputed in float32 after a non-finite reduced-precision result
+        self.workers = 1  # frames rendered at once (fixtalk.frame_pool; RuntimeOptions.runtime sets it)
+        self.threads_each = 1  # torch threads of each of them
         self._warned = False
 
     def prepare(self, module: M) -> M:
@@ -138,7 +140,10 @@ class Runtime:
         """What was chosen, for the commands' first line: device, dtype, threads (and glibc's mmap threshold when
         set, fixtalk.cli.entry)."""
         where = cpu_description()[0] if self.device.type == "cpu" else str(self.device)
-        return f"{self.device.type} ({where}), {self.dtype_name}, {torch.get_num_threads()} threads{malloc_note()}"
+        threads = f"{torch.get_num_threads()} threads"
+        if self.workers > 1:
+            threads = f"{self.workers} frames at once x {self.threads_each} thread{'s' * (self.threads_each > 1)}"
+        return f"{self.device.type} ({where}), {self.dtype_name}, {threads}{malloc_note()}"
 
 
 def malloc_note() -> str:

@@ -112,7 +112,7 @@ class Stream:
 
     def __init__(self, pipe: Pipeline, src: PreparedSource, mouth: str = "driver", pose: str = "driver",
                  expression: str | None = "driver", strength: Sequence[float] = (1.0, 1.0, 1.0),
-                 paste_back: bool = True, fps: float = FPS, face_index: int = 0, workers: int = 1) -> None:
+                 paste_back: bool = True, fps: float = FPS, face_index: int = 0, workers: int | None = None) -> None:
         from fixtalk.faces import FaceTrack
 
         self.pipe, self.src, self.paste_back = pipe, src, paste_back
@@ -171,7 +171,8 @@ class Stream:
         self._next = 0                         # next output frame index
         self._arrival: dict[int, float] = {}   # frame -> when its own inputs were all in
         self._closed = False
-        self._pool = FramePool(workers)        # frames rendered at once, one thread each (fixtalk.frame_pool)
+        rt = pipe.runtime  # frames rendered at once (fixtalk.frame_pool): the runtime's choice unless given
+        self._pool = FramePool(rt.workers if workers is None else workers, rt.threads_each)
         self.latencies: list[float] = []       # seconds from a frame's inputs to its output, per frame
         self.timings: dict[str, list[float]] = defaultdict(list)  # stage -> seconds per call
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -47,6 +48,22 @@ def test_runtime_applies_the_threads() -> None:
         rt = RuntimeOptions(device="cpu", dtype="fp32", threads=1).runtime()
         assert torch.get_num_threads() == 1 and rt.dtype is torch.float32
         assert "fp32, 1 threads" in rt.describe()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_parallel_frames_share_the_threads() -> None:
+    """--parallel (fixtalk.frame_pool): by default one frame per thread on a CPU, each on threads // parallel."""
+    before = torch.get_num_threads()
+    try:
+        cases = {(2, None): (2, 1), (2, 1): (1, 2), (4, 2): (2, 2), (1, None): (1, 1)}
+        for (threads, parallel), (workers, each) in cases.items():
+            rt = RuntimeOptions(device="cpu", dtype="fp32", threads=threads, parallel=parallel).runtime()
+            assert (rt.workers, rt.threads_each, torch.get_num_threads()) == (workers, each, each)
+        line = RuntimeOptions(device="cpu", dtype="fp32", threads=2).runtime().describe()
+        assert re.search(r"fp32, 2 frames at once x 1 thread($|,)", line), line
+        with pytest.raises(InputError, match="--parallel must be >= 1"):
+            RuntimeOptions(parallel=0)
     finally:
         torch.set_num_threads(before)
 

@@ -136,6 +136,21 @@ def test_frames_rendered_side_by_side_equal_one_at_a_time(pipe: Pipeline, src: P
     assert_frames_differ(runs[1][1:], runs[0][:-1])  # negative control: order matters
 
 
+def test_batch_frames_rendered_side_by_side_equal_one_at_a_time(pipe: Pipeline, src: PreparedSource,
+                                                                data: dict[str, Path]) -> None:
+    clip = str(data["clip"])
+    drive = pipe.drive(src, mouth=clip, pose=clip, expression=clip)
+    runs = []
+    for workers in (1, 3):
+        pipe.runtime.workers = workers
+        try:
+            runs.append(np.stack(list(pipe.frames(src, drive))))
+        finally:
+            pipe.runtime.workers = 1
+    np.testing.assert_array_equal(runs[1], runs[0])
+    assert len(runs[0]) == drive.frames and not np.array_equal(runs[0][1:], runs[0][:-1])
+
+
 def test_audio_mouth_with_shorter_driver_pingpongs_like_batch(pipe: Pipeline, src: PreparedSource,
                                                               data: dict[str, Path]) -> None:
     from fixtalk.audio import load_audio
