@@ -53,6 +53,7 @@ class RuntimeOptions:
     dtype: str = "auto"         # auto (resolve_dtype), fp32, bf16, fp16
     threads: int | None = None  # torch intra-op threads; None: choose_threads()
     parallel: int | None = None  # frames rendered at once (fixtalk.frame_pool); None: choose_parallel()
+    trace: bool = True          # on CPUs, render through a TorchScript trace (fixtalk.traced)
     compile: bool = False       # torch.compile the generator
     batch: int | None = None    # frames per generator call; None: the command's default
     backend: str = "torch"      # torch, or onnx (fixtalk.onnx_backend: onnxruntime, CPU, fp32)
@@ -89,6 +90,7 @@ class RuntimeOptions:
 
             return OnnxRuntime(self.onnx)  # onnxruntime's own threads; one frame at a time
         rt = Runtime(self.device, self.dtype, self.compile)
+        rt.trace = self.trace and not self.compile
         rt.workers = choose_parallel(self.parallel, threads, rt.device.type)
         rt.threads_each = max(1, threads // rt.workers)
         torch.set_num_threads(rt.threads_each)  # this thread (tracking, encoding) and each worker alike
@@ -113,6 +115,8 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch: int | None | bool =
                         "precision falls back to fp32 for any non-finite result")
     r.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads (default: the cores other processes leave idle, at least 1)")
+    r.add_argument("--no-trace", dest="trace", action="store_false", default=None,
+                   help="on a CPU, render eagerly instead of through a TorchScript trace of the renderer")
     r.add_argument("--parallel", type=int, metavar="N",
                    help="frames rendered at once, sharing the threads (default: one per thread on a CPU, "
                         "1 on a GPU and with --backend onnx)")

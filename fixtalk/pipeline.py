@@ -359,7 +359,7 @@ class Pipeline:
         from fixtalk.frame_pool import FramePool
 
         def draw(start: int, motion: Motion) -> list[np.ndarray]:
-            out = to_uint8(self.runtime.run((src.model or self.model).render, src.state, motion))
+            out = to_uint8(self.runtime.render(src.model or self.model, src.state, motion))
             return [self._finish(face, src, drive, start + k, paste_back, side_by_side) for k, face in enumerate(out)]
 
         pool = FramePool(self.runtime.workers, self.runtime.threads_each)

@@ -8,9 +8,12 @@ overflow on older GPUs: "black frames"), warns once and recomputes that call in 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -97,7 +100,10 @@ class Runtime:
         self.dtype_name = resolve_dtype(dtype, self.device)
         self.dtype = DTYPES[self.dtype_name]
         self.compile = compile
+        self._lock = threading.Lock()
         self.fallbacks = 0  # calls recomputed in float32 after a non-finite reduced-precision result
+        self.trace = False  # render through fixtalk.traced on CPUs (RuntimeOptions.runtime sets it)
+        self._renderers: OrderedDict[tuple[int, int], Any] = OrderedDict()  # (model, state) ids -> TracedRender
         self.workers = 1  # frames rendered at once (fixtalk.frame_pool; RuntimeOptions.runtime sets it)
         self.threads_each = 1  # torch threads of each of them
         self._warned = False
@@ -113,6 +119,27 @@ class Runtime:
             if dec is not None:
                 module.dec = torch.compile(dec, dynamic=False)  # type: ignore[assignment]  # a callable Module wrapper
         return module
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """torch.autocast at this runtime's reduced precision; nothing in float32."""
+        if self.dtype is torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def render(self, model: Any, state: Any, motion: Any) -> torch.Tensor:
+        """model.render(state, motion) in float32: through a TorchScript trace per source where `trace` is on
+        (fixtalk.traced; the last few sources' traces are kept), else `run`."""
+        from fixtalk.traced import TracedRender, traceable
+
+        if not traceable(self, model):
+            return self.run(model.render, state, motion)
+        key = (id(model), id(state))
+        with self._lock:
+            fn = self._renderers.pop(key, None) or TracedRender(self, model, state)
+            self._renderers[key] = fn  # most recent last; the oldest beyond 4 dropped
+            while len(self._renderers) > 4:
+                self._renderers.popitem(last=False)
+        return fn(motion)
 
     def _move(self, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):

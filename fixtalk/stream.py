@@ -389,7 +389,7 @@ class Stream:
         mixed = mix_motion(self._base, Motion(w["lip"], w["pose"], w.get("exp")), self.strength)
         t0 = time.perf_counter()
         model = self.src.model or self.pipe.model  # the generator tuned on this source (--tune) if any
-        faces = to_uint8(self.pipe.runtime.run(model.render, self.src.state, mixed))
+        faces = to_uint8(self.pipe.runtime.render(model, self.src.state, mixed))
         t1 = time.perf_counter()
         out = [paste_back(self.src.image, face, self.src.transform) if self.paste_back else face for face in faces]
         self.timings["render"].append(t1 - t0)
