@@ -155,11 +155,16 @@ class Runtime:
                 out = fn(*args)
             if all(torch.isfinite(t).all() for t in _tensors(out) if t.is_floating_point()):
                 return _float32(out)
-            self.fallbacks += 1
-            if not self._warned:
-                log.warning("non-finite values in %s; recomputing in float32 (use --dtype fp32 to skip %s)",
-                            self.dtype, self.dtype)
-                self._warned = True
+            return self.recompute_fp32(fn, *args)
+
+    def recompute_fp32(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A reduced-precision result was not finite: count it, warn once, and run fn in float32."""
+        self.fallbacks += 1
+        if not self._warned:
+            log.warning("non-finite values in %s; recomputing in float32 (use --dtype fp32 to skip %s)",
+                        self.dtype, self.dtype)
+            self._warned = True
+        with torch.inference_mode():
             return fn(*args)
 
 

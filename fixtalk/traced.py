@@ -59,9 +59,9 @@ class TracedRender:
         graph = self._graph((motion.lip.shape[0], motion.exp is not None), args)
         with torch.inference_mode():
             out = graph(*args)
-        if torch.isfinite(out).all():
+        if torch.isfinite(out).all() or self.runtime.dtype is torch.float32:
             return out
-        return self.runtime.run(self.model.render, self.state, motion)  # its own float32 fallback
+        return self.runtime.recompute_fp32(self.model.render, self.state, motion)
 
     def _graph(self, key: tuple[int, bool], args: tuple[Tensor, ...]) -> Any:
         with self._lock:  # two frames side by side must not trace the same batch size twice
