@@ -209,7 +209,7 @@ class Pipeline:
         def flush() -> None:
             if batch:
                 x = torch.cat([to_tensor(c) for c in batch])
-                feats.append(self.runtime.run(self.model.driving_features, x).float().cpu())
+                feats.append(self.runtime.features(self.model, x).cpu())
                 batch.clear()
 
         reader = open_frames(path, FPS)

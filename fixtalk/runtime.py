@@ -103,7 +103,7 @@ class Runtime:
         self._lock = threading.Lock()
         self.fallbacks = 0  # calls recomputed in float32 after a non-finite reduced-precision result
         self.trace = False  # render through fixtalk.traced on CPUs (RuntimeOptions.runtime sets it)
-        self._renderers: OrderedDict[tuple[int, int], Any] = OrderedDict()  # (model, state) ids -> TracedRender
+        self._renderers: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # fixtalk.traced traces by use
         self.workers = 1  # frames rendered at once (fixtalk.frame_pool; RuntimeOptions.runtime sets it)
         self.threads_each = 1  # torch threads of each of them
         self._warned = False
@@ -129,17 +129,28 @@ class Runtime:
     def render(self, model: Any, state: Any, motion: Any) -> torch.Tensor:
         """model.render(state, motion) in float32: through a TorchScript trace per source where `trace` is on
         (fixtalk.traced; the last few sources' traces are kept), else `run`."""
-        from fixtalk.traced import TracedRender, traceable
+        from fixtalk.traced import traceable, traced_render
 
         if not traceable(self, model):
             return self.run(model.render, state, motion)
-        key = (id(model), id(state))
+        fn = self._traced(("render", id(model), id(state)), lambda: traced_render(self, model, state))
+        return fn(motion.lip, motion.pose, motion.exp)
+
+    def features(self, model: Any, frames: torch.Tensor) -> torch.Tensor:
+        """model.driving_features(frames) in float32, traced like `render` where `trace` is on."""
+        from fixtalk.traced import traceable, traced_features
+
+        if not traceable(self, model):
+            return _float32(self.run(model.driving_features, frames))
+        return self._traced(("features", id(model)), lambda: traced_features(self, model))(frames)
+
+    def _traced(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
         with self._lock:
-            fn = self._renderers.pop(key, None) or TracedRender(self, model, state)
-            self._renderers[key] = fn  # most recent last; the oldest beyond 4 dropped
-            while len(self._renderers) > 4:
+            fn = self._renderers.pop(key, None) or make()
+            self._renderers[key] = fn  # most recent last; the oldest beyond 8 dropped
+            while len(self._renderers) > 8:
                 self._renderers.popitem(last=False)
-        return fn(motion)
+        return fn
 
     def _move(self, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):

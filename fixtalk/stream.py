@@ -175,6 +175,17 @@ class Stream:
         self._pool = FramePool(rt.workers if workers is None else workers, rt.threads_each)
         self.latencies: list[float] = []       # seconds from a frame's inputs to its output, per frame
         self.timings: dict[str, list[float]] = defaultdict(list)  # stage -> seconds per call
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Render the portrait's own motion (and encode a blank driver) once before any input: this traces the
+        renderer and encoder (fixtalk.traced, ~1 s) and warms oneDNN, so the first live frame is not late."""
+        t0 = time.perf_counter()
+        pipe = self.pipe
+        self.pipe.runtime.render(self.src.model or pipe.model, self.src.state, self._base)
+        if self._video:
+            pipe.runtime.features(pipe.model, torch.zeros(1, 3, pipe.cfg.size, pipe.cfg.size))
+        self.timings["warm-up"].append(time.perf_counter() - t0)
 
     # --- input --------------------------------------------------------------------------------------
     def push(self, frame: np.ndarray | None = None, audio: np.ndarray | None = None) -> list[np.ndarray]:
@@ -249,7 +260,7 @@ class Stream:
         (`start`, None for the first face itself) to the portrait's own, as Pipeline._factor for a video."""
         t0 = time.perf_counter()
         pipe = self.pipe
-        feat = pipe.runtime.run(pipe.model.driving_features, to_tensor(c)).float().cpu()
+        feat = pipe.runtime.features(pipe.model, to_tensor(c)).cpu()
         raw = predict_weights(pipe.runtime, pipe.model, feat, self._video)
         w = raw
         if pipe.relative:  # the driver's motion since its first face, on the portrait's own (Motion.relative)

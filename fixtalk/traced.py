@@ -1,15 +1,14 @@
-"""The per-frame renderer as a TorchScript trace on CPUs (issue #11, docs/performance.md).
+"""The per-frame renderer and driver encoder as TorchScript traces on CPUs (issue #11, docs/performance.md).
 
-Why: at 128 px one `FixTalk.render` call dispatches about 2,000 small kernels from Python. Traced once per
-source and batch size, the same kernels run from C++ (no Python between them), which made a frame ~15-30%
-cheaper on the 2-core machines, and frames rendered side by side (fixtalk.frame_pool) no longer wait for
-each other's Python. The trace records exactly the eager kernels, including autocast's casts (traced under
-autocast with the JIT's own autocast pass off), so its frames equal eager frames bit for bit
-(tests/test_traced.py).
+Why: at 128 px one `FixTalk.render` call dispatches about 2,000 small kernels from Python. Traced once per source
+and batch size (the encoder once per batch size), the same kernels run from C++ with no Python between them:
+a render took 44-46 ms instead of 49-51 on one thread of the 2-core machines. The trace records exactly the
+eager kernels, autocast's casts included (traced under autocast with the JIT's own autocast pass off), so its
+frames equal eager frames bit for bit (tests/test_traced.py).
 
-A trace bakes in one source (its cached state is a constant of the graph) and one batch size; `TracedRender`
-keeps one per batch size. Only `FixTalk` models on the CPU are traced; anything else, or a non-finite result
-under bf16, goes through `Runtime.run` as before.
+A trace bakes in its input shapes and, for the renderer, one source (its cached state is a constant of the
+graph); `Traced` keeps one trace per shape. Only `FixTalk` models on the CPU are traced; anything else goes
+through `Runtime.run` as before, and a non-finite result under bf16 is recomputed eagerly in float32.
 """
 
 from __future__ import annotations
@@ -39,6 +38,17 @@ class _Render(nn.Module):
         return self.model.render(self.state, Motion(lip, pose, exp)).float()
 
 
+class _Features(nn.Module):
+    """driving_features(frames): the per-frame encoder pass (E, and EMI where the model has it)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.model.driving_features(frames).float()
+
+
 def traceable(runtime: Runtime, model: Any) -> bool:
     """Trace only what was checked to trace exactly: FixTalk models on the CPU with the torch backend."""
     from fixtalk.models.fixtalk import FixTalk
@@ -46,32 +56,40 @@ def traceable(runtime: Runtime, model: Any) -> bool:
     return runtime.trace and runtime.device.type == "cpu" and isinstance(model, FixTalk)
 
 
-class TracedRender:
-    """Callable motion -> frames (B x 3 x S x S, float32) of one model and source; thread-safe."""
+class Traced:
+    """A module's forward as TorchScript traces, one per input shape; callable, thread-safe, float32 out."""
 
-    def __init__(self, runtime: Runtime, model: Any, state: SourceState) -> None:
-        self.runtime, self.model, self.state = runtime, model, state
-        self._graphs: dict[tuple[int, bool], Any] = {}
+    def __init__(self, runtime: Runtime, module: nn.Module) -> None:
+        self.runtime, self.module = runtime, module
+        self._graphs: dict[tuple[tuple[int, ...] | None, ...], Any] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, motion: Motion) -> Tensor:
-        args = tuple(t for t in (motion.lip, motion.pose, motion.exp) if t is not None)
-        graph = self._graph((motion.lip.shape[0], motion.exp is not None), args)
+    def __call__(self, *inputs: Tensor | None) -> Tensor:
+        args = tuple(t.to(self.runtime.device) for t in inputs if t is not None)
+        graph = self._graph(tuple(None if t is None else tuple(t.shape) for t in inputs), args)
         with torch.inference_mode():
             out = graph(*args)
         if torch.isfinite(out).all() or self.runtime.dtype is torch.float32:
             return out
-        return self.runtime.recompute_fp32(self.model.render, self.state, motion)
+        return self.runtime.recompute_fp32(self.module, *inputs)
 
-    def _graph(self, key: tuple[int, bool], args: tuple[Tensor, ...]) -> Any:
-        with self._lock:  # two frames side by side must not trace the same batch size twice
+    def _graph(self, key: tuple[tuple[int, ...] | None, ...], args: tuple[Tensor, ...]) -> Any:
+        with self._lock:  # two frames side by side must not trace the same shapes twice
             if key not in self._graphs:
                 torch._C._jit_set_autocast_mode(False)  # the casts are recorded from eager autocast instead
                 with torch.inference_mode(), self.runtime.autocast(), warnings.catch_warnings():
-                    # "converting a tensor to a Python boolean": shape checks, fixed for a given batch size
+                    # "converting a tensor to a Python boolean": shape checks, fixed for given shapes
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)
                     # torch 2.13 deprecates jit.trace for torch.compile/export; compile took 61 s to warm up
                     # here and rendered no faster (docs/performance.md), so the trace stays until export does.
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    self._graphs[key] = torch.jit.trace(_Render(self.model, self.state), args, check_trace=False)
+                    self._graphs[key] = torch.jit.trace(self.module, args, check_trace=False)
             return self._graphs[key]
+
+
+def traced_render(runtime: Runtime, model: Any, state: SourceState) -> Traced:
+    return Traced(runtime, _Render(model, state))
+
+
+def traced_features(runtime: Runtime, model: Any) -> Traced:
+    return Traced(runtime, _Features(model))
