@@ -23,6 +23,7 @@ core count), so every worker sets its own (`threads_each`) when it starts.
 from __future__ import annotations
 
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +32,24 @@ from typing import Any
 import torch
 
 SWITCH_INTERVAL = 5e-4  # seconds; CPython's default is 5e-3 (see the module docstring)
+_open = {"pools": 0, "interval": 0.0}  # pools with threads now open, and the interval before the first
+_open_lock = threading.Lock()
+
+
+def _pool_opened() -> None:
+    with _open_lock:
+        if _open["pools"] == 0:
+            _open["interval"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_open["interval"], SWITCH_INTERVAL))
+        _open["pools"] += 1
+
+
+def _pool_closed() -> None:
+    """The last pool to close restores the interval (pools may overlap, e.g. two requests in `serve`)."""
+    with _open_lock:
+        _open["pools"] -= 1
+        if _open["pools"] == 0:
+            sys.setswitchinterval(_open["interval"])
 
 
 class FramePool:
@@ -41,9 +60,8 @@ class FramePool:
             raise ValueError(f"workers and threads_each must be >= 1, got {workers} and {threads_each}")
         self.workers = workers
         self._pending: deque[Future[Any]] = deque()
-        self._interval = sys.getswitchinterval()
         if workers > 1:
-            sys.setswitchinterval(min(self._interval, SWITCH_INTERVAL))
+            _pool_opened()
         self._executor = (None if workers == 1 else
                           ThreadPoolExecutor(workers, thread_name_prefix="fixtalk-frame",
                                              initializer=torch.set_num_threads, initargs=(threads_each,)))
@@ -91,4 +109,4 @@ class FramePool:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-            sys.setswitchinterval(self._interval)
+            _pool_closed()

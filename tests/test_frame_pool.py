@@ -70,3 +70,16 @@ def test_a_failing_job_raises_in_the_caller() -> None:
     pool.close()
     with pytest.raises(ValueError, match=">= 1"):
         FramePool(workers=0)
+
+
+def test_switch_interval_lowered_while_pools_run_and_restored_by_the_last() -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    a, b = FramePool(workers=2), FramePool(workers=2)
+    assert sys.getswitchinterval() <= 5e-4 < before
+    a.close()
+    assert sys.getswitchinterval() <= 5e-4  # b still runs
+    b.close()
+    b.close()  # closing twice changes nothing
+    assert sys.getswitchinterval() == before
