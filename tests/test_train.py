@@ -89,16 +89,20 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("p2_talk", "p2", "", True), ("p3_talk", "p3", "happy", True)])
 
 
-@pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def write_tiny_cfg(folder: Path) -> Path:
     """fixtalk-small shrunk to 64 px and a few hundred thousand parameters (EMI, EDI and EEM all present)."""
     cfg = get_preset("fixtalk-small").replace(
         name="tiny", size=SIZE, style_dim=64, max_channels=32, channel_base=1024, eem_hidden=16,
         emi=EMIConfig(layers=1, heads=2, queries=4, ffn_mult=1),
         edi=EDIConfig(slots=32, decompress_channels=16, heads=2, ffn_mult=1))
-    path = tmp_path_factory.mktemp("cfg") / "tiny.json"
+    path = folder / "tiny.json"
     path.write_text(cfg.to_json())
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_cfg(tmp_path_factory.mktemp("cfg"))
 
 
 def _opts(stage: str, data: Path, out: Path, cfg: Path, **kw: object) -> TrainOptions:

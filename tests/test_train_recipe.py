@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import SIZE, make_synthetic_data
+from test_train import SIZE, make_synthetic_data, write_tiny_cfg
 from torch import nn
 
 from fixtalk.checkpoint import load_bundle
-from fixtalk.config import EDIConfig, EMIConfig, get_preset
 from fixtalk.errors import InputError
 from fixtalk.models.backbones import MobileNetV2Features
 from fixtalk.models.projected_discriminator import ProjectedDiscriminator
@@ -24,13 +23,7 @@ from fixtalk.train.loop import train
 from fixtalk.train.options import TrainOptions, parse_loss_weights
 from fixtalk.train.recipe import d_parameters, r1_scale
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread on the shared cores
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +34,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_cfg(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = get_preset("fixtalk-small").replace(
-        name="tiny", size=SIZE, style_dim=64, max_channels=32, channel_base=1024, eem_hidden=16,
-        emi=EMIConfig(layers=1, heads=2, queries=4, ffn_mult=1),
-        edi=EDIConfig(slots=32, decompress_channels=16, heads=2, ffn_mult=1))
-    path = tmp_path_factory.mktemp("cfg") / "tiny.json"
-    path.write_text(cfg.to_json())
-    return path
+    return write_tiny_cfg(tmp_path_factory.mktemp("cfg"))
 
 
 def _opts(data: Path, out: Path, cfg: Path, **kw: object) -> TrainOptions:
