@@ -103,7 +103,7 @@ class Runtime:
         self._lock = threading.Lock()
         self.fallbacks = 0  # calls recomputed in float32 after a non-finite reduced-precision result
         self.trace = False  # render through fixtalk.traced on CPUs (RuntimeOptions.runtime sets it)
-        self._renderers: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # fixtalk.traced traces by use
+        self._traces: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # fixtalk.traced, oldest first
         self.workers = 1  # frames rendered at once (fixtalk.frame_pool; RuntimeOptions.runtime sets it)
         self.threads_each = 1  # torch threads of each of them
         self._warned = False
@@ -146,10 +146,10 @@ class Runtime:
 
     def _traced(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
         with self._lock:
-            fn = self._renderers.pop(key, None) or make()
-            self._renderers[key] = fn  # most recent last; the oldest beyond 8 dropped
-            while len(self._renderers) > 8:
-                self._renderers.popitem(last=False)
+            fn = self._traces.pop(key, None) or make()
+            self._traces[key] = fn  # most recent last; the oldest beyond 8 dropped
+            while len(self._traces) > 8:
+                self._traces.popitem(last=False)
         return fn
 
     def _move(self, obj: Any) -> Any:

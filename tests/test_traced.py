@@ -37,12 +37,12 @@ def test_traced_frames_equal_eager_frames(model: FixTalk, dtype: str) -> None:
         torch.testing.assert_close(traced, eager, rtol=0, atol=0)
     other = rt.render(model, state, motions(state.motion, 1, 5))
     assert (other - rt.render(model, state, motions(state.motion, 1, 0))).abs().max() > 1e-3  # negative control
-    (renderer,) = rt._renderers.values()
+    (renderer,) = rt._traces.values()
     assert sorted(k[0][0] for k in renderer._graphs) == [1, 3]  # one trace per batch size, reused
     frames = torch.rand(2, 3, 128, 128, generator=g) * 2 - 1
     for x in (frames, frames.flip(0), frames[:1]):
         torch.testing.assert_close(rt.features(model, x), rt.run(model.driving_features, x).float(), rtol=0, atol=0)
-    assert len(rt._renderers) == 2 and len(rt._renderers[("features", id(model))]._graphs) == 2
+    assert len(rt._traces) == 2 and len(rt._traces[("features", id(model))]._graphs) == 2
 
 
 def test_only_fixtalk_on_cpu_with_trace_on_is_traced(model: FixTalk) -> None:
