@@ -23,7 +23,10 @@ from fixtalk.stream import SAMPLES_PER_FRAME, Stream, audio_frames_needed
 PORTRAIT = "images/edtalk__identity_source.jpg"          # 256x256, one face
 CLIP = "videos/styletalk__furious_talk2_clip1.mp4"       # 2.0 s, 30 fps talking head
 SPEECH = "audio/edtalk__mouth_source.wav"
-pytestmark = needs_dlib  # every test here aligns the dev portrait (the `src` fixture) or runs `fixtalk live`
+# Every test here aligns the dev portrait (the `src` fixture) or runs `fixtalk live`. One torch thread: the
+# side-by-side tests compare frames rendered inline on this thread with frames of one-thread workers, and a
+# different intra-op thread count changes the rounding (1-level differences, seen on an idle machine).
+pytestmark = [needs_dlib, pytest.mark.usefixtures("one_thread")]
 
 
 def read_frames(path: Path | str, limit: int | None = None) -> list[np.ndarray]:
