@@ -144,7 +144,8 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
     _load_strict(model, states["model.safetensors"], root / "model.safetensors")
     a2l = None
     if "audio2lip.safetensors" in states:
-        a2l = Audio2Lip(cfg.lip_dim)
+        # EDTalk's Audio2Lip.pt has no loudness mouth; ours has one once the audio2lip stage fitted it.
+        a2l = Audio2Lip(cfg.lip_dim, loudness=any(k.startswith("loudness.") for k in states["audio2lip.safetensors"]))
         _load_strict(a2l, states["audio2lip.safetensors"], root / "audio2lip.safetensors")
         a2l.to(device).eval()
     presets = {k: np.asarray(v, np.float32).reshape(1, -1) for k, v in meta.get("expression_presets", {}).items()}

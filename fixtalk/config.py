@@ -80,6 +80,9 @@ class ModelConfig:
     # portrait's own (ours; fixtalk.driving.audio_mouth / emotion_expression, docs/architecture.md 6.3), instead
     # of EDTalk's absolute weights, which carry the identity of the people they were learnt from.
     relative_to_speaker: bool = False
+    # The audio-driven mouth also opens with the speech's loudness (ours; fixtalk.models.loudness_mouth, fitted
+    # at the end of the audio2lip stage by fixtalk.train.loudness_fit).
+    loudness_mouth: bool = False
     emi: EMIConfig = field(default_factory=EMIConfig)
     edi: EDIConfig = field(default_factory=EDIConfig)
     name: str = "custom"
@@ -171,6 +174,7 @@ PRESETS: dict[str, ModelConfig] = {
         use_edi=True,
         rgb_warp=True,
         relative_to_speaker=True,
+        loudness_mouth=True,
         emi=EMIConfig(layers=1, heads=4, queries=16, ffn_mult=2),
         edi=EDIConfig(slots=256, decompress_channels=64, heads=4, ffn_mult=2),
     ),

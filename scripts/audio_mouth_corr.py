@@ -24,15 +24,9 @@ from fixtalk.audio import load_audio
 from fixtalk.config import SAMPLES_PER_FRAME
 from fixtalk.driving import audio_mouth
 from fixtalk.faces import FaceDetector
+from fixtalk.metrics.landmarks import mouth_opening as opening
 from fixtalk.pipeline import Drive, FactorTrack, Pipeline
 from fixtalk.train.clipstore import read_clips, read_frames
-
-
-def opening(lm: np.ndarray) -> float:
-    """Inner-lip gap over the distance between the eye centres (68-point scheme)."""
-    gap = np.mean([np.linalg.norm(lm[a] - lm[b]) for a, b in ((61, 67), (62, 66), (63, 65))])
-    eyes = np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0))
-    return float(gap / max(eyes, 1e-6))
 
 
 def loudness(wav: np.ndarray, frames: int, per_frame: int = SAMPLES_PER_FRAME) -> np.ndarray:

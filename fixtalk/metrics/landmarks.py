@@ -38,6 +38,14 @@ def landmark_sequence(frames: Iterable[np.ndarray], upsample: int = 1) -> np.nda
     return np.stack(out) if out else np.zeros((0, 68, 2))
 
 
+def mouth_opening(lm: np.ndarray) -> float:
+    """Inner-lip gap (points 61-67, 62-66, 63-65) over the distance between the eye centres, of one (68, 2)
+    landmark set: how far the mouth is open, independent of the face's size in the frame."""
+    gap = np.mean([np.linalg.norm(lm[a] - lm[b]) for a, b in ((61, 67), (62, 66), (63, 65))])
+    eyes = np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0))
+    return float(gap / max(float(eyes), 1e-6))
+
+
 def lmd(lm_a: np.ndarray, lm_b: np.ndarray, region: Literal["mouth", "face"] = "mouth") -> FrameAverage:
     """Landmark distance between two (T, 68, 2) (or (68, 2)) landmark sets.
 

@@ -7,7 +7,9 @@ EDTalk:networks/audio_encoder.py, class Audio2Lip: the audio encoder of the Wav2
 (key "audio2lip"): `audio_encoder.<0-12>.conv_block.{0,1}` and `mapping`, so it loads with strict=True.
 
 Size: 2,822,932 trainable parameters; the state dict holds 2,827,361 values (adding the 13 BatchNorms'
-running mean/var and their scalar `num_batches_tracked`).
+running mean/var and their scalar `num_batches_tracked`). With `loudness=True` (ModelConfig.loudness_mouth)
+it also holds the buffers of `fixtalk.models.loudness_mouth.LoudnessMouth` (`loudness.*`, ours), whose
+offset is added to the output; training regresses `learned` alone.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fixtalk.models.loudness_mouth import LoudnessMouth
 
 
 class Conv2dBlock(nn.Module):
@@ -52,17 +56,23 @@ _ENCODER: tuple[tuple[int, int, int, int | tuple[int, int], int, bool], ...] = (
 class Audio2Lip(nn.Module):
     """Wav2Lip audio encoder + linear map to the mouth-bank weights alpha_lip."""
 
-    def __init__(self, lip_dim: int = 20) -> None:
+    def __init__(self, lip_dim: int = 20, loudness: bool = False) -> None:
         super().__init__()
         self.audio_encoder = nn.Sequential(*(Conv2dBlock(*spec) for spec in _ENCODER))
         self.mapping = nn.Linear(512, lip_dim)
         nn.init.zeros_(self.mapping.bias)  # as in the reference; the Wav2Lip part is loaded pretrained
+        self.loudness = LoudnessMouth(lip_dim) if loudness else None
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel: B x 1 x 80 x 16 -> B x 20, or B x T x 1 x 80 x 16 -> B x T x 20."""
+    def learned(self, mel: torch.Tensor) -> torch.Tensor:
+        """The network alone (what training regresses): mel B x 1 x 80 x 16 -> B x 20, or B x T x ... -> B x T x 20."""
         lead = mel.shape[:-3]
         feat = self.audio_encoder(mel.reshape(-1, *mel.shape[-3:]))  # (B*T) x 512 x 1 x 1
         return self.mapping(feat.flatten(1)).reshape(*lead, -1)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """The mouth weights of inference: `learned`, plus the loudness mouth's offset when there is one."""
+        out = self.learned(mel)
+        return out if self.loudness is None else out + self.loudness(mel).to(out.dtype)
 
 
 # Normalised Gaussian, size 3, sigma 1: exp(-x^2 / 2) for x in (-1, 0, 1), divided by its sum.

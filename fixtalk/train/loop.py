@@ -37,7 +37,7 @@ from fixtalk.errors import InputError
 from fixtalk.models.audio2lip import Audio2Lip
 from fixtalk.models.backbones import load_backbone
 from fixtalk.models.fixtalk import FixTalk
-from fixtalk.train import lip_targets
+from fixtalk.train import lip_targets, loudness_fit
 from fixtalk.train import recipe as R
 from fixtalk.train import setup as S
 from fixtalk.train.data import AudioDataset, Clip, ClipDataset, EpochSampler, read_clips
@@ -164,7 +164,7 @@ def _build_models(opts: TrainOptions, env: DistEnv, ck: dict[str, Any] | None, i
     d = R.make_discriminator(opts, cfg)
     has_a2l = opts.stage == "audio2lip" or (init is not None and init.audio2lip is not None) or \
         (ck is not None and ck.get("audio2lip") is not None)
-    a2l = Audio2Lip(cfg.lip_dim) if has_a2l else None
+    a2l = Audio2Lip(cfg.lip_dim, cfg.loudness_mouth) if has_a2l else None
     init_report = {}
     if init is not None:
         init_report["model"] = S.partial_load(model, init.model)
@@ -483,6 +483,19 @@ def _train(opts: TrainOptions, env: DistEnv, dry_run: bool) -> int:
     return 0
 
 
+def _fit_loudness(opts: TrainOptions, env: DistEnv, b: _Built) -> loudness_fit.LoudnessFit | None:
+    """The audio2lip stage ends by fitting the loudness mouth (fixtalk.train.loudness_fit) when the config has
+    one; without a fit (the reason is printed) it stays silent (zero gain)."""
+    if opts.stage != "audio2lip" or not b.cfg.loudness_mouth or not isinstance(b.dataset, AudioDataset):
+        return None
+    result = loudness_fit.fit(b.model, b.dataset.clips, b.dataset.targets, b.cfg.size, env.device)
+    if isinstance(result, str):
+        print(f"fixtalk train: no loudness mouth: {result}")
+        return None
+    print(f"fixtalk train: {result.summary()}")
+    return result
+
+
 def _finish(opts: TrainOptions, env: DistEnv, b: _Built, st: _State, log: RunLogger, stop: str, elapsed: float,
             skipped: int) -> None:
     """Exports the model (with expression presets) to RUN/final/ (with --ema-halflife: the EMA weights, and the
@@ -492,7 +505,10 @@ def _finish(opts: TrainOptions, env: DistEnv, b: _Built, st: _State, log: RunLog
         if S.moves_motion_heads(opts.stage) and b.a2l is not None:
             print("fixtalk train: this stage moved the mouth bank Audio2Lip was fitted to; re-fit it with "
                   "`fixtalk train --stage audio2lip`")
+        fitted = _fit_loudness(opts, env, b)
         for folder, model, a2l in R.exports(st.ema, b.model, b.a2l):
+            if fitted is not None and a2l is not None and a2l.loudness is not None:
+                fitted.apply(a2l.loudness)
             presets = dict(b.presets)
             # Presets are means of the expression head's output: stale as soon as E, the FDM heads or EMI moved,
             # and computed per export (the EMA's heads are not the raw ones).

@@ -151,7 +151,7 @@ class StageLosses(nn.Module):
         m = self.model
         mel, gt_lip = batch["mel"], batch["lip"].float()                    # B x T x ..., B x T x lip_dim
         base = batch["lip_mean"].float()[:, None] if m.cfg.relative_to_speaker else torch.zeros_like(gt_lip)
-        pred = self.audio2lip(mel)                                          # B x T x lip_dim
+        pred = self.audio2lip.learned(mel)                                  # B x T x lip_dim
         target = gt_lip - base
         reg, smooth = L.audio2lip_regression(pred.float(), target), L.audio2lip_smoothness(pred.float(), target)
         logs = {"audio_reg": reg.detach(), "audio_smooth": smooth.detach()}
