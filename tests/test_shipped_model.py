@@ -58,3 +58,20 @@ def test_readme_demo_runs_on_the_shipped_model(tmp_path: Path) -> None:
     assert rc == 0
     info = probe(out)
     assert info.frames == 30 and info.codec == "h264" and abs(info.audio_duration - 1.2) < 0.1
+
+
+@needs_faces
+def test_shipped_mouth_opens_with_speech() -> None:
+    """The shipped Audio2Lip has a fitted loudness mouth (docs/quality.md), so on the demo speech its mouth
+    weights move along the opening direction with the waveform's own loudness, and stay in the reach."""
+    from fixtalk.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(progress=False)
+    a2l = pipe.audio2lip
+    assert a2l is not None and a2l.loudness is not None and float(a2l.loudness.gain) > 0
+    lip, wav = pipe.audio_lip(FACES / "audio/edtalk__mouth_source.wav", max_frames=150)
+    opening = (lip.float() @ a2l.loudness.direction.float()).numpy()
+    frames = wav[: len(lip) * 640].astype(np.float64).reshape(len(lip), 640)
+    loudness = 20 * np.log10(np.sqrt((frames ** 2).mean(1)) + 1e-4)
+    assert np.corrcoef(opening, loudness)[0, 1] > 0.5
+    assert np.ptp(opening) <= 1.5 * float(a2l.loudness.gain) + 0.2  # gain plus what Audio2Lip itself moves
