@@ -39,6 +39,8 @@ def test_traced_frames_equal_eager_frames(model: FixTalk, dtype: str) -> None:
     assert (other - rt.render(model, state, motions(state.motion, 1, 0))).abs().max() > 1e-3  # negative control
     (renderer,) = rt._traces.values()
     assert sorted(k[0][0] for k in renderer._graphs) == [1, 3]  # one trace per batch size, reused
+    # frozen: weights and the source's state are constants of the graph, no parameter is left to look up
+    assert all(not list(g.parameters()) for g in renderer._graphs.values())
     frames = torch.rand(2, 3, 128, 128, generator=g) * 2 - 1
     for x in (frames, frames.flip(0), frames[:1]):
         torch.testing.assert_close(rt.features(model, x), rt.run(model.driving_features, x).float(), rtol=0, atol=0)
