@@ -141,9 +141,9 @@ def cached_path_ms(model: FixTalk, batch: int, rt: Runtime) -> float:
     x = torch.rand(batch, 3, s, s, device=rt.device, generator=torch.Generator(rt.device).manual_seed(0)) * 2 - 1
     src = rt.run(model.prepare_source, x[:1])
 
-    def ours() -> None:
-        feat = rt.run(model.driving_features, x)
-        rt.run(lambda: model.render(src, model.predict_motion(feat, feat, feat)))
+    def ours() -> None:  # Runtime.features/render: the frozen traces (fixtalk.traced) where the runtime has them
+        feat = rt.features(model, x)
+        rt.render(model, src, rt.run(model.predict_motion, feat, feat, feat))
 
     return 1000 * timeit(ours, rt.device) / batch
 
@@ -164,8 +164,12 @@ def backend_times(model: FixTalk, batch: int, rt: Runtime, done: float) -> dict[
 
     res: dict[str, float | str] = {}
     for name in ("fp32", "bf16"):
-        res[f"torch {name}"] = done if rt.dtype is DTYPES[name] else \
-            cached_path_ms(model, batch, Runtime(str(rt.device), name))
+        if rt.dtype is DTYPES[name]:
+            res[f"torch {name}"] = done
+            continue
+        other = Runtime(str(rt.device), name)
+        other.trace = rt.trace
+        res[f"torch {name}"] = cached_path_ms(model, batch, other)
     if rt.device.type != "cpu":
         res["onnx"] = "n/a (CPU backend)"
         return res
@@ -246,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
     for k, v in module_times(model, args.batch, rt).items():
         print(f"  {k:<16} {v:9.1f}")
     ours, ref = model_only(model, args.batch, rt)
-    print(f"model only, ms/frame: fixtalk ({rt.dtype_name}) {ours:.1f} | reference loop (fp32) {ref:.1f} "
+    how = rt.dtype_name + (", traced" if rt.trace else "")
+    print(f"model only, ms/frame: fixtalk ({how}) {ours:.1f} | reference loop (fp32) {ref:.1f} "
           f"| speed-up x{ref / ours:.2f}")
     if not args.no_backends:
         times = backend_times(model, args.batch, rt, ours)
