@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -17,22 +18,49 @@ if TYPE_CHECKING:
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
 
 
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat's first line; None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(window: float = 0.1) -> float:
+    """Cores other processes keep busy now: the machine's busy share over `window` seconds (this process sleeps
+    meanwhile) times its CPUs, from /proc/stat; the 1-minute load average where that file does not exist.
+
+    Why not the load average everywhere: it lags a minute behind, so a render started right after another
+    finished saw the last one's load and took one thread (the README demo: 13.6 s, then 19.4 s on an idle
+    machine)."""
+    first = _cpu_times()
+    if first is not None:
+        time.sleep(window)
+        second = _cpu_times()
+        if second is not None and second[1] > first[1]:
+            cpus = os.cpu_count() or 1
+            return cpus * (second[0] - first[0]) / (second[1] - first[1])
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not on this platform
+        return 0.0
+
+
 def choose_threads(requested: int | None = None) -> int:
-    """torch's intra-op threads: `requested`, else the cores this process may use minus those others keep busy.
+    """torch's intra-op threads: `requested`, else the cores this process may use minus those others keep busy
+    (`busy_cores`).
 
     Why: on a machine another CPU-bound process shares, every thread beyond the idle cores waits at each
     parallel region for a core; a 50-frame render took 83 s with torch's default 2 threads next to one busy
-    process and 8.9 s with 1 (the performance issue). The 1-minute load average is what the kernel offers as
-    "busy cores"; it counts this process only from the moment it starts running, so at start-up it is others'.
+    process and 8.9 s with 1 (the performance issue).
     """
     if requested is not None:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # not on this platform
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
+    return max(1, min(cores, round(cores - busy_cores())))
 
 
 def choose_parallel(requested: int | None, threads: int, device: str) -> int:

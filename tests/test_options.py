@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from fixtalk import runtime
+from fixtalk import options, runtime
 from fixtalk.cli import build_parser
 from fixtalk.errors import InputError
 from fixtalk.options import RuntimeOptions, choose_threads
@@ -34,12 +37,30 @@ def test_bad_counts_are_one_line_errors() -> None:
 def test_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     cores = len(os.sched_getaffinity(0))
     assert choose_threads(3) == 3  # asked for: taken as is
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert choose_threads() == cores
-    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores), 0.0, 0.0))
-    assert choose_threads() == 1  # every core busy: one thread, never zero
-    monkeypatch.setattr(os, "getloadavg", lambda: (max(cores - 1.2, 0.0), 0.0, 0.0))
-    assert choose_threads() == max(1, min(cores, round(1.2)))
+    for busy, want in ((0.0, cores), (float(cores), 1), (max(cores - 1.2, 0.0), max(1, min(cores, round(1.2))))):
+        monkeypatch.setattr(options, "busy_cores", lambda b=busy: b)
+        assert choose_threads() == want  # every core busy: one thread, never zero
+
+
+def test_busy_cores_from_cpu_times_or_load_average(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpus = os.cpu_count() or 1
+    samples = iter([(100.0, 1000.0), (150.0, 1100.0)])  # 50 of 100 jiffies busy in the window
+    monkeypatch.setattr(options, "_cpu_times", lambda: next(samples))
+    assert options.busy_cores(0.0) == pytest.approx(cpus * 0.5)
+    monkeypatch.setattr(options, "_cpu_times", lambda: None)  # no /proc/stat: the load average
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 0.0, 0.0))
+    assert options.busy_cores(0.0) == 1.5
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_busy_cores_sees_a_busy_process() -> None:
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert options.busy_cores(0.3) > 0.5
+    finally:
+        spin.kill()
+        spin.wait()
 
 
 def test_runtime_applies_the_threads() -> None:
