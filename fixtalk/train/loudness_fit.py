@@ -29,7 +29,7 @@ import torch
 from fixtalk.metrics.landmarks import face_landmarks, mouth_opening
 from fixtalk.models.fdm import Motion
 from fixtalk.models.fixtalk import FixTalk
-from fixtalk.models.loudness_mouth import LATE_FRAMES, LoudnessMouth
+from fixtalk.models.loudness_mouth import LoudnessMouth, speech_level
 from fixtalk.train.clipstore import Clip, read_frames
 from fixtalk.train.data import to_tensor
 
@@ -70,8 +70,7 @@ def _openings(clip: Clip) -> tuple[np.ndarray, np.ndarray]:
     with np.load(clip.npz) as z:
         lms, mel = z["landmarks"], z["mel"]
     opening = np.array([mouth_opening(lm) if np.isfinite(lm).all() else np.nan for lm in lms])
-    level = mel[:, 0, :, LATE_FRAMES].astype(np.float32).mean(axis=(1, 2))
-    return opening, level
+    return opening, speech_level(torch.from_numpy(mel.astype(np.float32))).numpy()
 
 
 def statistics(clips: list[Clip], targets: dict[str, np.ndarray]) -> Statistics:
