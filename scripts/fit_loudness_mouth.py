@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fixtalk.checkpoint import load_bundle, save_bundle
+from fixtalk.errors import InputError
 from fixtalk.models.audio2lip import Audio2Lip
 from fixtalk.train import lip_targets
 from fixtalk.train.clipstore import read_clips
@@ -62,4 +63,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except InputError as err:  # bad input: one line, no traceback, nothing written
+        print(f"fit_loudness_mouth: {err}", file=sys.stderr)
+        sys.exit(2)
