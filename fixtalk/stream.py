@@ -182,7 +182,7 @@ class Stream:
         renderer and encoder (fixtalk.traced, ~1 s) and warms oneDNN, so the first live frame is not late."""
         t0 = time.perf_counter()
         pipe = self.pipe
-        self.pipe.runtime.render(self.src.model or pipe.model, self.src.state, self._base)
+        pipe.runtime.render(self.src.model or pipe.model, self.src.state, self._base)
         if self._video:
             pipe.runtime.features(pipe.model, torch.zeros(1, 3, pipe.cfg.size, pipe.cfg.size))
         self.timings["warm-up"].append(time.perf_counter() - t0)

@@ -3,9 +3,8 @@
 Why: at 128 px one `FixTalk.render` call dispatches about 2,000 small kernels from Python. Traced once per source
 and batch size (the encoder once per batch size), the same kernels run from C++ with no Python between them:
 a render took 44-46 ms instead of 49-51 on one thread of the 2-core machines, and 42 ms once the trace is
-frozen. The trace records exactly the
-eager kernels, autocast's casts included (traced under autocast with the JIT's own autocast pass off), so its
-frames equal eager frames bit for bit (tests/test_traced.py).
+frozen. The trace records exactly the eager kernels, autocast's casts included (traced under autocast with the
+JIT's own autocast pass off), so its frames equal eager frames bit for bit (tests/test_traced.py).
 
 A trace bakes in its input shapes and, for the renderer, one source (its cached state is a constant of the
 graph); `Traced` keeps one trace per shape. Only `FixTalk` models on the CPU are traced; anything else goes
@@ -77,22 +76,29 @@ class Traced:
     def _graph(self, key: tuple[tuple[int, ...] | None, ...], args: tuple[Tensor, ...]) -> Any:
         with self._lock:  # two frames side by side must not trace the same shapes twice
             if key not in self._graphs:
-                torch._C._jit_set_autocast_mode(False)  # the casts are recorded from eager autocast instead
-                with torch.inference_mode(), self.runtime.autocast(), warnings.catch_warnings():
-                    # "converting a tensor to a Python boolean": shape checks, fixed for given shapes
-                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                    # torch 2.13 deprecates jit.trace for torch.compile/export; compile took 61 s to warm up
-                    # here and rendered no faster (docs/performance.md), so the trace stays until export does.
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    graph = torch.jit.trace(self.module, args, check_trace=False)
-                    # Freezing makes the weights and the source's cached state constants of the graph, so what
-                    # depends on them alone is computed once: above all autocast's bf16 copies of the weights,
-                    # which eager autocast remakes every call (its cast cache skips tensors without grad).
-                    # optimize_numerics=False keeps the kernels as traced (no conv-add folding): the frames stay
-                    # equal to eager ones bit for bit. One thread, bf16: render 45.0 -> 42.4 ms, encoder
-                    # 17.0 -> 16.1 ms (docs/performance.md).
+                # Freezing makes the weights and the source's cached state constants of the graph, so what
+                # depends on them alone is computed once: above all autocast's bf16 copies of the weights,
+                # which eager autocast remakes every call (its cast cache skips tensors without grad).
+                # optimize_numerics=False keeps the kernels as traced (no conv-add folding): the frames stay
+                # equal to eager ones bit for bit. One thread, bf16: render 45.0 -> 42.4 ms, encoder
+                # 17.0 -> 16.1 ms (docs/performance.md).
+                graph = trace(self.runtime, self.module, args)
+                with torch.inference_mode(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # as jit.trace's, in `trace`
                     self._graphs[key] = torch.jit.freeze(graph.eval(), optimize_numerics=False)
             return self._graphs[key]
+
+
+def trace(runtime: Runtime, module: nn.Module, args: tuple[Tensor, ...]) -> Any:
+    """`module` traced on `args` under the runtime's autocast, casts recorded; not yet frozen."""
+    torch._C._jit_set_autocast_mode(False)  # the casts are recorded from eager autocast instead
+    with torch.inference_mode(), runtime.autocast(), warnings.catch_warnings():
+        # "converting a tensor to a Python boolean": shape checks, fixed for given shapes
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # torch 2.13 deprecates jit.trace for torch.compile/export; compile took 61 s to warm up
+        # here and rendered no faster (docs/performance.md), so the trace stays until export does.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.trace(module, args, check_trace=False)
 
 
 def traced_render(runtime: Runtime, model: Any, state: SourceState) -> Traced:

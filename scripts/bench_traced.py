@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from fixtalk.io import load_image
 from fixtalk.options import RuntimeOptions
 from fixtalk.pipeline import Pipeline
-from fixtalk.traced import _Features, _Render
+from fixtalk.traced import _Features, _Render, trace
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
 
@@ -39,10 +38,7 @@ def main() -> None:
     jobs = (("render", _Render(pipe.model, state), (m.lip.float(), m.pose.float(), m.exp.float())),
             ("encoder", _Features(pipe.model), (torch.rand(1, 3, pipe.cfg.size, pipe.cfg.size) * 2 - 1,)))
     for name, module, inputs in jobs:
-        torch._C._jit_set_autocast_mode(False)  # as fixtalk.traced: the casts are recorded from eager autocast
-        with torch.inference_mode(), rt.autocast(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module, inputs, check_trace=False)
+        traced = trace(rt, module, inputs)
         with torch.inference_mode():
             graphs = {"traced": traced, "frozen": torch.jit.freeze(traced.eval(), optimize_numerics=False)}
             diff = float((graphs["frozen"](*inputs) - graphs["traced"](*inputs)).abs().max())
