@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 from fixtalk.config import EMOTIONS, SAMPLE_RATE
 from fixtalk.errors import InputError
 from fixtalk.options import RuntimeOptions, add_runtime_args
-from fixtalk.pipeline_cli import add_backend_args, add_motion_mode_arg, add_strength_args, check_tune, strengths
+from fixtalk.pipeline_cli import (
+    add_backend_args,
+    add_motion_mode_arg,
+    add_render_size_arg,
+    add_strength_args,
+    check_tune,
+    strengths,
+)
 
 if TYPE_CHECKING:  # numpy is imported where it is used: `fixtalk --help` builds this parser without it
     import numpy as np
@@ -58,6 +65,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     r.add_argument("--checkpoint", help="checkpoint directory (default: the model shipped in the package)")
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
+    add_render_size_arg(r)
     add_backend_args(r)
     add_motion_mode_arg(r)
     handlers["live"] = _live
@@ -137,7 +145,7 @@ def _live(args: argparse.Namespace) -> int:
     rt = options.runtime()
     print(f"fixtalk live: {rt.describe()}", flush=True)
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=1, progress=False, tune_steps=args.tune,
-                                    motion_mode=args.motion_mode)
+                                    motion_mode=args.motion_mode, render_size=args.render_size)
     check_one_motion(pipe.cfg, mouth, args.pose, args.expression)  # before the face search
     src = pipe.prepare_source(args.source, face_index=args.face_index)
     stream = Stream(pipe, src, mouth=mouth, pose=args.pose, expression=args.expression,

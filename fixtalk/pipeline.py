@@ -114,7 +114,8 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 class Pipeline:
     def __init__(self, bundle: Bundle, runtime: Runtime | None = None, batch_size: int | None = None,
-                 progress: bool = True, tune_steps: int = 0, motion_mode: str = "auto") -> None:
+                 progress: bool = True, tune_steps: int = 0, motion_mode: str = "auto",
+                 render_size: int | None = None) -> None:
         if motion_mode not in MOTION_MODES:
             raise InputError(None, f"motion mode {motion_mode!r}: expected one of {', '.join(MOTION_MODES)}")
         self.bundle = bundle
@@ -136,6 +137,23 @@ class Pipeline:
             raise InputError(None, "--tune needs the torch backend (--backend torch)")
         self.tune_steps = tune_steps
         self._tuned: dict[str, FixTalk] = {}  # sha1 of the aligned crop -> tuned generator (fixtalk.tune)
+        self.render_size = self._render_size(render_size)
+
+    def _render_size(self, requested: int | None) -> int:
+        """Side of the frames the model draws: S, or with the pixel path (rgb_warp) and the torch backend the
+        requested size, default 2 S. Why 2 S: the pixel path warps the source crop at that size, so the face
+        keeps the portrait's own detail instead of a 128 px face upscaled (docs/quality.md, "Rendering above
+        the model's size"); the exported ONNX renderer is traced at S."""
+        s = self.cfg.size
+        can = self.cfg.rgb_warp and isinstance(self.model, FixTalk)
+        if requested is None:
+            return 2 * s if can else s
+        if requested < s:
+            raise InputError(None, f"--render-size must be at least the model's size {s}, got {requested}")
+        if requested != s and not can:
+            why = "the torch backend" if self.cfg.rgb_warp else "a model with the pixel path (rgb_warp)"
+            raise InputError(None, f"--render-size above the model's size {s} needs {why}")
+        return requested
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **kwargs: Any) -> Pipeline:
@@ -167,14 +185,18 @@ class Pipeline:
         name = None if path is None else str(path)
         image = source if isinstance(source, np.ndarray) else load_image(source)
         face = self.detector.align(image, face_index=face_index, path=name)
-        return self.prepare_crop(crop(image, face.transform, self.cfg.size), image, face.transform, name)
+        full = None if self.render_size == self.cfg.size else crop(image, face.transform, self.render_size)
+        return self.prepare_crop(crop(image, face.transform, self.cfg.size), image, face.transform, name, full)
 
     def prepare_crop(self, face_crop: np.ndarray, image: np.ndarray | None = None,
-                     transform: np.ndarray | None = None, path: str | None = None) -> PreparedSource:
+                     transform: np.ndarray | None = None, path: str | None = None,
+                     full: np.ndarray | None = None) -> PreparedSource:
         """Encode an already aligned S x S crop (tuned first with `--tune`). Without `image`/`transform` the
-        crop is its own frame (identity transform), as for eval's and prep's crops."""
+        crop is its own frame (identity transform), as for eval's and prep's crops. `full`: the same crop at a
+        larger render size for the pixel path (rgb_warp); frames then come out at its size, else at S."""
         model = self.tuned(face_crop)
-        state = self.runtime.run((model or self.model).prepare_source, to_tensor(face_crop))
+        args = (to_tensor(face_crop),) if full is None else (to_tensor(face_crop), to_tensor(full))
+        state = self.runtime.run((model or self.model).prepare_source, *args)
         return PreparedSource(face_crop if image is None else image,
                               np.eye(2, 3) if transform is None else transform, face_crop, state, path, model)
 

@@ -51,6 +51,14 @@ def check_tune(args: argparse.Namespace) -> None:
         raise InputError(None, "--tune needs the torch backend (--backend torch)")
 
 
+def add_render_size_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--render-size`, shared by `animate`, `live`, `serve` and `eval` (Pipeline.render_size)."""
+    p.add_argument("--render-size", type=int, metavar="PX",
+                   help="side of the face the model draws; above the model's size the pixel path warps the "
+                        "portrait at that size (default: twice the model's size for models with the pixel path, "
+                        "else the model's size)")
+
+
 def add_motion_mode_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """`--motion-mode`, shared by `animate`, `live` and `serve`."""
     p.add_argument("--motion-mode", default="auto", choices=["auto", "relative", "absolute"],
@@ -79,6 +87,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     r.add_argument("--checkpoint", help="checkpoint directory (default: the model shipped in the package)")
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
+    add_render_size_arg(r)
     add_backend_args(r)
     add_motion_mode_arg(r)
     r.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
@@ -134,7 +143,8 @@ def _animate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"fixtalk animate: {rt.describe()}")
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=options.batch,
-                                    progress=not args.quiet, tune_steps=args.tune, motion_mode=args.motion_mode)
+                                    progress=not args.quiet, tune_steps=args.tune, motion_mode=args.motion_mode,
+                                    render_size=args.render_size)
     check_one_motion(pipe.cfg, mouth, pose, expression)  # before the face search: needs the model's kind only
     check_strength(pipe.cfg, strengths(args))
     src = pipe.prepare_source(image, face_index=args.face_index, path=args.source)

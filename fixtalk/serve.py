@@ -231,7 +231,7 @@ def _examples(folder: Path | None, max_seconds: float, choices: dict[str, list[s
 
 # --- CLI ----------------------------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argparse.Namespace], int]]) -> None:
-    from fixtalk.pipeline_cli import add_motion_mode_arg
+    from fixtalk.pipeline_cli import add_motion_mode_arg, add_render_size_arg
 
     p = sub.add_parser("serve", help="web UI in the browser (Gradio), on localhost by default")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network")
@@ -240,6 +240,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     add_runtime_args(p)
     p.add_argument("--tune", type=int, default=0, metavar="N",
                    help="tune the generator N steps on the source first (cached)")
+    add_render_size_arg(p)
     add_motion_mode_arg(p)
     p.add_argument("--max-upload-mb", type=float, default=Limits.max_upload_mb,
                    help="largest upload per file (default: %(default)s)")
@@ -264,7 +265,7 @@ def _serve(args: argparse.Namespace) -> int:
     rt = options.runtime()
     print(f"fixtalk serve: {rt.describe()}", flush=True)
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=options.batch, tune_steps=args.tune,
-                                    motion_mode=args.motion_mode)
+                                    motion_mode=args.motion_mode, render_size=args.render_size)
     limits = Limits(args.max_seconds, args.max_upload_mb)
     demo = build_demo(WebApp(pipe, limits), args.examples or default_examples_dir())
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -210,3 +210,9 @@ def test_unusual_sources_are_fine(files: dict[str, Path], tmp_path: Path, kind: 
     info = probe(out)
     assert (info.frames, info.width, info.height, info.codec) == (1, w + w % 2, h + h % 2, "h264")
     assert [p.name for p in out.parent.iterdir()] == ["result.mp4"]
+
+
+def test_render_size_below_the_model(files: dict[str, Path], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    err = fails(files, tmp_path, capsys, *src(), "--audio", str(files["speech"]), "--render-size", "64")
+    assert err == "fixtalk: --render-size must be at least the model's size 128, got 64"

@@ -78,7 +78,7 @@ def test_drive_is_relative_to_the_drivers_first_frame(data: dict[str, Path], pip
     torch.testing.assert_close(rel.lip.weights, ab.lip.weights - ab.lip.weights[:1] + own)
     torch.testing.assert_close(rel.lip.weights[0], own[0])  # the first frame shows the portrait as it is
     frames = list(pipe.frames(src, rel, paste_back=False))
-    assert len(frames) == 6 and frames[0].shape == (128, 128, 3)
+    assert len(frames) == 6 and frames[0].shape == (pipe.render_size, pipe.render_size, 3)
 
 
 @pytest.mark.parametrize("workers", [1, 2])  # 2: encodings in flight on other threads (fixtalk.frame_pool)

@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     r = add_runtime_args(p, batch=8, compile=False, dtype="fp32")  # --device auto: cuda:LOCAL_RANK under torchrun
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="also score every checkpoint with the generator tuned N steps on each source (row NAME+tuneN)")
+    r.add_argument("--render-size", type=int, metavar="PX",
+                   help="as for animate; above the model's size (the default for models with the pixel path) a row "
+                        "renders at the evaluation size, from the source crop at that size")
     r.add_argument("--shard", metavar="I/N", help="evaluate every N-th clip starting at I (default: "
                                                   "RANK/WORLD_SIZE under torchrun, else all)")
     handlers["eval"] = _eval
@@ -116,7 +119,8 @@ def _eval(args: argparse.Namespace) -> int:
                        audio=args.audio, manifest=args.manifest, max_clips=args.max_clips,
                        max_frames=args.max_frames, eval_size=args.eval_size, cross_pairs=args.cross_pairs,
                        identities=ids, split_manifest=args.split_manifest, inception=args.inception,
-                       syncnet=args.syncnet, device=device, dtype=args.dtype, batch=args.batch, tune=args.tune)
+                       syncnet=args.syncnet, device=device, dtype=args.dtype, batch=args.batch, tune=args.tune,
+                       render_size=args.render_size)
     import torch
 
     from fixtalk.options import choose_threads

@@ -4,7 +4,9 @@ Both draw frames through the same call, `render(source, motion, n)`, where `sour
 source crop at every size and `motion` the per-frame bank weights (mouth, pose, expression; a 1-row
 factor is held). Checkpoints render through `Pipeline.frames` (no paste-back: the metrics compare aligned
 crops); a model whose input size differs from the evaluation size is resized to it (area filter when
-shrinking, bicubic when enlarging) so that every row is scored on the same pixels.
+shrinking, bicubic when enlarging) so that every row is scored on the same pixels. A model with the pixel path
+(rgb_warp) renders at the evaluation size itself, warping the source crop of that size, as the Pipeline does
+for users (`Pipeline.render_size`; with --render-size equal to the model's size it is resized like the rest).
 
 A LIA checkpoint (one motion; `lia-*` presets) is driven the way LIA's demo drives it, relative to the
 driving clip's first frame (`Motion.relative`: alpha_t - alpha_0 + alpha_source), as `Pipeline` does by
@@ -93,14 +95,14 @@ class CheckpointRow:
     kind = "checkpoint"
 
     def __init__(self, spec: RowSpec, device: str = "auto", dtype: str = "fp32", batch: int = 8,
-                 tune: int = 0) -> None:
+                 tune: int = 0, render_size: int | None = None) -> None:
         from fixtalk.checkpoint import load_bundle
         from fixtalk.pipeline import Pipeline
         from fixtalk.runtime import Runtime
 
         self.name, self.path = spec.name, spec.path
         self.pipe = Pipeline(load_bundle(spec.path), runtime=Runtime(device, dtype), batch_size=batch,
-                             progress=False, tune_steps=tune)
+                             progress=False, tune_steps=tune, render_size=render_size)
         self.cfg = self.pipe.cfg
         self.size: int | None = self.cfg.size
         self.has_audio2lip = self.pipe.audio2lip is not None
@@ -129,7 +131,8 @@ class CheckpointRow:
         files = json.loads((Path(root) / "config.json").read_text()).get("files", {})
         return {"name": self.name, "kind": self.kind, "checkpoint": str(self.path), "sha256": files,
                 "preset": c.name, "tune_steps": self.pipe.tune_steps,
-                "size": c.size, "use_emi": c.use_emi, "use_edi": c.use_edi, "expression": c.has_expression,
+                "size": c.size, "render_size": self.pipe.render_size, "use_emi": c.use_emi, "use_edi": c.use_edi,
+                "expression": c.has_expression,
                 "motion_net": c.motion_net, "motion_mode": "relative" if self.relative else "absolute",
                 "audio2lip": self.has_audio2lip,
                 "expression_presets": sorted(self.pipe.bundle.expression_presets)}
@@ -176,7 +179,10 @@ class CheckpointRow:
         face = source[self.size]
         src = self._sources.get(id(face))
         if src is None or src.crop is not face:
-            src = self._sources[id(face)] = self.pipe.prepare_crop(face)
+            # With the pixel path the row renders at the evaluation size from the source crop at that size, as
+            # the Pipeline renders above the model's size for users (Pipeline.render_size).
+            full = source[size] if self.pipe.render_size > self.size and size > self.size else None
+            src = self._sources[id(face)] = self.pipe.prepare_crop(face, full=full)
         if self.relative:
             # Only video motion reaches a relative (LIA) row: it has neither Audio2Lip nor presets.
             assert self._start is not None, "motion() of the clip comes before render()"

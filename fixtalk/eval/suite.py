@@ -69,6 +69,7 @@ class EvalOptions:
     dtype: str = "fp32"
     batch: int = 8
     tune: int = 0                    # > 0: every checkpoint also as a row tuned on each source (fixtalk.tune)
+    render_size: int | None = None   # Pipeline.render_size; above the model's size: render at the eval size
 
 
 @dataclass
@@ -93,10 +94,10 @@ def make_plan(opts: EvalOptions) -> Plan:
                  else D.first_frame_portraits(clips))
     specs = parse_checkpoints(opts.checkpoints)
     rows: list[Row] = [CopySource()]
-    rows += [CheckpointRow(s, opts.device, opts.dtype, opts.batch) for s in specs]
+    rows += [CheckpointRow(s, opts.device, opts.dtype, opts.batch, render_size=opts.render_size) for s in specs]
     if opts.tune:
         rows += [CheckpointRow(RowSpec(f"{s.name}+tune{opts.tune}", s.path), opts.device, opts.dtype, opts.batch,
-                               opts.tune) for s in specs]
+                               opts.tune, opts.render_size) for s in specs]
     sizes = [r.size for r in rows if r.size is not None]
     eval_size = opts.eval_size or max([256, *sizes])
     return Plan(clips, D.cross_pairs(clips, portraits, opts.cross_pairs), D.neutral_sources(clips), rows,

@@ -51,7 +51,7 @@ class SourceState:
     m: Tensor                   # B x style_dim   Q alpha of the source's own motion (EDI motion key origin)
     f_pi: Tensor | None = None  # B x C           EDI token of f_4^s
     eem: list[Tensor | None] | None = None  # IN(conv2(f^s)) per level: EEM without per-frame convolutions
-    image: Tensor | None = None  # B x 3 x S x S the source image itself (the rgb_warp pixel path)
+    image: Tensor | None = None  # B x 3 x R x R the source image itself at the render size R >= S (rgb_warp)
 
     def expand(self, batch: int) -> SourceState:
         """The same source repeated for a batch of driver frames (views, no copies)."""
@@ -120,7 +120,9 @@ class FixTalk(nn.Module):
         return self.fdm.predict(lip, pose, exp if self.cfg.has_expression else None)
 
     # --- inference --------------------------------------------------------------------------------
-    def prepare_source(self, img: Tensor) -> SourceState:
+    def prepare_source(self, img: Tensor, image: Tensor | None = None) -> SourceState:
+        """img: 1 x 3 x S x S in [-1, 1]. `image`: the same crop at a render size R > S for the pixel path
+        (rgb_warp; frames then come out at R, `PixelWarp`), default img itself."""
         enc = self.encode(img)
         feature = self.motion_feature(enc)
         motion = self.predict_motion(feature, feature, feature)
@@ -129,13 +131,14 @@ class FixTalk(nn.Module):
         # EDI replaces f_4 per frame, so that level's EEM cannot be cached.
         eem = self.dec.eem_cache(enc.maps, skip=self.cfg.f4_index if self.edi is not None else None)
         return SourceState(enc.latent, enc.maps, feature, motion, m, f_pi, eem,
-                           img if self.cfg.rgb_warp else None)
+                           (img if image is None else image) if self.cfg.rgb_warp else None)
 
     def render(self, src: SourceState, motion: Motion, motion_key: Tensor | None = None) -> Tensor:
         """Draw frames: latent = f_6^s + Q alpha; EDI recalls details by the motion key (Eq. 9).
 
         motion_key defaults to m^d - m^s (docs/architecture.md 9.3), which exists in every driving mode
-        (video, audio, preset expression, mixed sources). Returns B x 3 x S x S, raw (no clamp).
+        (video, audio, preset expression, mixed sources). Returns B x 3 x R x R, raw (no clamp); R is the size
+        of the source image the pixel path warps (`prepare_source`), else S.
         """
         src = src.expand(motion.lip.shape[0])
         m, e = self.fdm.compose(motion)

@@ -91,6 +91,11 @@ class PixelWarp(nn.Module):
     here: a head on them did not lower the landmark error on one clip in 60 steps (docs/quality.md). The mask
     comes from G's features at half size (where G must draw: the inside of the mouth, disocclusions).
     Everything starts at zero with the mask at sigmoid(4) = 0.98, so an untrained head returns the source.
+
+    The source image may be larger than G's size S (the render size, docs/quality.md "Rendering above the
+    model's size"): the flow (in half-widths) and the mask are upsampled to it as they are to S, and G's RGB,
+    which only fills what the source cannot show, is upsampled bilinearly. The warped pixels then keep the
+    source's own detail instead of a 128 px face blown up to the screen.
     """
 
     def __init__(self, map_channels: int, feat_channels: int, style_dim: int, motion_dim: int,
@@ -119,6 +124,8 @@ class PixelWarp(nn.Module):
                                padding_mode="border", align_corners=True)
         logits = F.interpolate(self.mask(x, style), size=(size, size), mode="bilinear", align_corners=False)
         mask = torch.sigmoid(logits + self.mask_bias)
+        if synth.shape[-1] != size:
+            synth = F.interpolate(synth, size=(size, size), mode="bilinear", align_corners=False)
         return mask * warped + (1 - mask) * synth, grid
 
 
@@ -211,9 +218,9 @@ class Synthesis(nn.Module):
 
         All n_latent style copies of the reference are identical, so one vector serves every layer.
         `eem_cache` (from `eem_cache(feats)` on a constant source) removes EEM's convolutions per frame.
-        With rgb_warp, `source` (B x 3 x S x S) is the source image and `delta` (B x motion_dim) the driver's
-        bank weights minus the source's (`PixelWarp`). Returns the raw RGB image B x 3 x S x S (no tanh,
-        roughly in [-1, 1]).
+        With rgb_warp, `source` (B x 3 x R x R, R >= S the render size) is the source image and `delta`
+        (B x motion_dim) the driver's bank weights minus the source's (`PixelWarp`). Returns the raw RGB image
+        B x 3 x R x R (R = S without rgb_warp; no tanh, roughly in [-1, 1]).
         """
         return self.synthesise(latent, feats, e, eem_cache, source, delta)[0]
 
