@@ -12,8 +12,9 @@ than the output plays forward then backward (ping-pong). Models stay pure; this 
 
 Motion modes: "absolute" drives with the driver's own bank weights (EDTalk's demo); "relative" with the
 driver's motion since its first frame, on top of the source's own: alpha_t - alpha_0 + alpha_source (LIA's
-demo, `Motion.relative`). "auto" (the default) is relative for LIA models and absolute otherwise. A LIA
-model has one motion (no FDM split), so its mouth, pose and expression must come from the same driver.
+demo, `Motion.relative`). "auto" (the default) is relative for LIA models and for models with the pixel path
+(the shipped one), absolute otherwise (EDTalk's paper-scale models). A LIA model has one motion (no FDM
+split), so its mouth, pose and expression must come from the same driver.
 
 Memory does not grow with the video: driver frames are decoded, tracked and encoded batch by batch and
 only their motion features (style_dim floats a frame) are kept; output frames go to the encoder as they
@@ -124,8 +125,12 @@ class Pipeline:
         self.audio2lip = None if bundle.audio2lip is None else self.runtime.prepare(bundle.audio2lip)
         self.cfg = bundle.model.cfg
         # LIA's demo drives relatively: the portrait keeps its own pose and face shape, and only the driver's
-        # change since its first frame is applied (a still image as driver then holds the portrait).
-        self.relative = motion_mode == "relative" or (motion_mode == "auto" and not self.cfg.decoupled)
+        # change since its first frame is applied (a still image as driver then holds the portrait). The pixel
+        # path turns every difference between the driver's bank weights and the portrait's into a warp, and
+        # another person's weights also differ by who they are: absolute driving bends the portrait's face
+        # into the driver's shape from the first frame (docs/quality.md, "Relative motion by default").
+        self.relative = motion_mode == "relative" or (
+            motion_mode == "auto" and (not self.cfg.decoupled or self.cfg.rgb_warp))
         # Per-sample modulated convs gain nothing from batching on a CPU (measured: batch 1 is fastest).
         self.batch_size = batch_size or (8 if self.runtime.device.type == "cuda" else 1)
         self.progress = progress

@@ -63,7 +63,8 @@ def add_motion_mode_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) ->
     """`--motion-mode`, shared by `animate`, `live` and `serve`."""
     p.add_argument("--motion-mode", default="auto", choices=["auto", "relative", "absolute"],
                    help="relative: the driver's motion since its first frame, on the portrait's own (LIA's demo); "
-                        "absolute: the driver's own (EDTalk's demo); auto (default): relative for LIA models")
+                        "absolute: the driver's own (EDTalk's demo); auto (default): relative for LIA models and "
+                        "models with the pixel path (the shipped one), else absolute")
 
 
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argparse.Namespace], int]]) -> None:

@@ -26,7 +26,7 @@ same inputs up to float rounding (tests/test_stream.py), except where noted:
   160 ms after the end of frame i's own audio (120 ms mel window + 40 ms smoothing).
 - A driver that ends before the audio plays forward then backward (ping-pong) after flush(), as in
   the batch path; frames past the audio's end are dropped when the audio drives the mouth.
-- Relative motion (`Pipeline.relative`, the default for LIA models): the start is the first frame with a
+- Relative motion (`Pipeline.relative`, the default for LIA and pixel-path models): the start is the first frame with a
   face, as in the batch path (which fills faceless leading frames with the first face).
 """
 

@@ -58,11 +58,16 @@ def src(pipe: Pipeline) -> PreparedSource:
     return pipe.prepare_source(FACES / PORTRAIT)
 
 
-def test_relative_is_the_default_for_lia_only(data: dict[str, Path], pipe: Pipeline) -> None:
+def test_relative_is_the_default_for_lia_and_the_pixel_path(data: dict[str, Path], pipe: Pipeline) -> None:
     assert pipe.relative
     assert not Pipeline(load_bundle(data["ckpt"]), motion_mode="absolute").relative
-    assert not Pipeline(Bundle(FixTalk(get_preset("fixtalk-small")))).relative
-    assert Pipeline(Bundle(FixTalk(get_preset("fixtalk-small"))), motion_mode="relative").relative
+    # The pixel path turns the driver's identity into a warp: relative by default (docs/quality.md).
+    assert Pipeline(Bundle(FixTalk(get_preset("fixtalk-small")))).relative
+    assert not Pipeline(Bundle(FixTalk(get_preset("fixtalk-small"))), motion_mode="absolute").relative
+    # EDTalk's layout without the pixel path drives absolutely, as EDTalk's demo does.
+    assert not Pipeline(Bundle(FixTalk(get_preset("fixtalk-small").replace(rgb_warp=False)))).relative
+    assert Pipeline(Bundle(FixTalk(get_preset("fixtalk-small").replace(rgb_warp=False))),
+                    motion_mode="relative").relative
     with pytest.raises(InputError, match="motion mode"):
         Pipeline(load_bundle(data["ckpt"]), motion_mode="sideways")
 

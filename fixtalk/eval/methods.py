@@ -8,10 +8,10 @@ shrinking, bicubic when enlarging) so that every row is scored on the same pixel
 (rgb_warp) renders at the evaluation size itself, warping the source crop of that size, as the Pipeline does
 for users (`Pipeline.render_size`; with --render-size equal to the model's size it is resized like the rest).
 
-A LIA checkpoint (one motion; `lia-*` presets) is driven the way LIA's demo drives it, relative to the
-driving clip's first frame (`Motion.relative`: alpha_t - alpha_0 + alpha_source), as `Pipeline` does by
-default. It has no Audio2Lip and no expression presets, so the audio-driven protocol notes why it is
-missing and the emotion protocol drives it with the clip ("video" mode).
+A LIA checkpoint (one motion; `lia-*` presets) and one with the pixel path (the shipped model) are driven
+relative to the driving clip's first frame (`Motion.relative`: alpha_t - alpha_0 + alpha_source), as `Pipeline`
+does by default. A LIA checkpoint has no Audio2Lip and no expression presets, so the audio-driven protocol
+notes why it is missing and the emotion protocol drives it with the clip ("video" mode).
 """
 
 from __future__ import annotations
@@ -184,7 +184,10 @@ class CheckpointRow:
             full = source[size] if self.pipe.render_size > self.size and size > self.size else None
             src = self._sources[id(face)] = self.pipe.prepare_crop(face, full=full)
         if self.relative:
-            # Only video motion reaches a relative (LIA) row: it has neither Audio2Lip nor presets.
+            # The driver's change since the clip's first frame, on the portrait's own weights. In the self-driven,
+            # audio-driven and emotion protocols the source is that first frame (or, for emotions, `motion` of the
+            # source itself), so the shift is zero there and audio/preset weights pass unchanged; it matters
+            # cross-identity.
             assert self._start is not None, "motion() of the clip comes before render()"
             own = src.state.motion
             motion = motion.relative(self._start, Motion(own.lip.float().cpu(), own.pose.float().cpu(),
