@@ -78,6 +78,7 @@ class PreparedSource:
     state: SourceState       # cached encodings (batch 1)
     path: str | None = None
     model: FixTalk | None = None  # the generator tuned on this source (--tune), else None: the pipeline's
+    full: np.ndarray | None = None  # R x R x 3 uint8, the same crop at the render size (the pixel path's pixels)
 
 
 class Thumbs(Sequence[np.ndarray]):
@@ -203,7 +204,7 @@ class Pipeline:
         args = (to_tensor(face_crop),) if full is None else (to_tensor(face_crop), to_tensor(full))
         state = self.runtime.run((model or self.model).prepare_source, *args)
         return PreparedSource(face_crop if image is None else image,
-                              np.eye(2, 3) if transform is None else transform, face_crop, state, path, model)
+                              np.eye(2, 3) if transform is None else transform, face_crop, state, path, model, full)
 
     def tuned(self, face_crop: np.ndarray) -> FixTalk | None:
         """The generator tuned on this aligned crop (`--tune`; cached by its hash), None when tuning is off."""
@@ -434,7 +435,7 @@ class Pipeline:
         import cv2
 
         h = frame.shape[0]
-        panels = [cv2.resize(src.crop, (h, h), interpolation=cv2.INTER_AREA)]
+        panels = [cv2.resize(src.crop if src.full is None else src.full, (h, h), interpolation=cv2.INTER_AREA)]
         shown: set[int] = set()
         for t in (drive.lip, drive.pose, drive.exp):
             if t is not None and t.thumbs and id(t.thumbs) not in shown:  # --driving: one panel, not three
