@@ -161,6 +161,8 @@ class OnnxFixTalk:
 class OnnxRuntime(Runtime):
     """A CPU fp32 Runtime whose `prepare` serves a FixTalk through onnxruntime (graphs: see the module doc)."""
 
+    serves_torch = False
+
     def __init__(self, graphs: str | Path | None = None, threads: int | None = None) -> None:
         super().__init__("cpu", "fp32")
         require_onnxruntime()

@@ -122,9 +122,17 @@ class Pipeline:
             raise InputError(None, f"motion mode {motion_mode!r}: expected one of {', '.join(MOTION_MODES)}")
         self.bundle = bundle
         self.runtime = runtime or Runtime()
+        self.cfg = bundle.model.cfg
+        # Checked before `prepare`, which for --backend onnx exports the graphs first (tens of seconds).
+        if tune_steps < 0:
+            raise InputError(None, f"--tune must be >= 0 steps, got {tune_steps}")
+        if tune_steps and not self.runtime.serves_torch:
+            # Tuning trains torch weights; graphs exported from the untuned weights would ignore it.
+            raise InputError(None, "--tune needs the torch backend (--backend torch)")
+        self.tune_steps = tune_steps
+        self.render_size = self._render_size(render_size)
         self.model = self.runtime.prepare(bundle.model)
         self.audio2lip = None if bundle.audio2lip is None else self.runtime.prepare(bundle.audio2lip)
-        self.cfg = bundle.model.cfg
         # LIA's demo drives relatively: the portrait keeps its own pose and face shape, and only the driver's
         # change since its first frame is applied (a still image as driver then holds the portrait). The pixel
         # path turns every difference between the driver's bank weights and the portrait's into a warp, and
@@ -136,14 +144,7 @@ class Pipeline:
         self.batch_size = batch_size or (8 if self.runtime.device.type == "cuda" else 1)
         self.progress = progress
         self._detector: FaceDetector | None = None
-        if tune_steps < 0:
-            raise InputError(None, f"--tune must be >= 0 steps, got {tune_steps}")
-        if tune_steps and not isinstance(self.model, FixTalk):
-            # Tuning trains torch weights; graphs exported from the untuned weights would ignore it.
-            raise InputError(None, "--tune needs the torch backend (--backend torch)")
-        self.tune_steps = tune_steps
         self._tuned: dict[str, FixTalk] = {}  # sha1 of the aligned crop -> tuned generator (fixtalk.tune)
-        self.render_size = self._render_size(render_size)
 
     def _render_size(self, requested: int | None) -> int:
         """Side of the frames the model draws: S, or with the pixel path (rgb_warp) and the torch backend the
@@ -151,7 +152,7 @@ class Pipeline:
         keeps the portrait's own detail instead of a 128 px face upscaled (docs/quality.md, "Rendering above
         the model's size"); the exported ONNX renderer is traced at S."""
         s = self.cfg.size
-        can = self.cfg.rgb_warp and isinstance(self.model, FixTalk)
+        can = self.cfg.rgb_warp and self.runtime.serves_torch
         if requested is None:
             return 2 * s if can else s
         if requested < s:

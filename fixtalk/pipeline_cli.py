@@ -51,12 +51,15 @@ def check_tune(args: argparse.Namespace) -> None:
         raise InputError(None, "--tune needs the torch backend (--backend torch)")
 
 
-def add_render_size_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+RENDER_SIZE_HELP = ("side of the face the model draws; above the model's size the pixel path warps the portrait "
+                    "at that size (default: twice the model's size for models with the pixel path, else the "
+                    "model's size)")
+
+
+def add_render_size_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup,
+                        help_text: str = RENDER_SIZE_HELP) -> None:
     """`--render-size`, shared by `animate`, `live`, `serve` and `eval` (Pipeline.render_size)."""
-    p.add_argument("--render-size", type=int, metavar="PX",
-                   help="side of the face the model draws; above the model's size the pixel path warps the "
-                        "portrait at that size (default: twice the model's size for models with the pixel path, "
-                        "else the model's size)")
+    p.add_argument("--render-size", type=int, metavar="PX", help=help_text)
 
 
 def add_motion_mode_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -29,6 +29,8 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argparse.Namespace], int]]) -> None:
+    from fixtalk.pipeline_cli import add_render_size_arg
+
     p = sub.add_parser("eval", help="evaluate checkpoints (PSNR, SSIM, FID, CSIM, NIQE, CPBD, LMD, Sync, Acc_emo)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("inputs")
@@ -64,9 +66,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     r = add_runtime_args(p, batch=8, compile=False, dtype="fp32")  # --device auto: cuda:LOCAL_RANK under torchrun
     r.add_argument("--tune", type=int, default=0, metavar="N",
                    help="also score every checkpoint with the generator tuned N steps on each source (row NAME+tuneN)")
-    r.add_argument("--render-size", type=int, metavar="PX",
-                   help="as for animate; above the model's size (the default for models with the pixel path) a row "
-                        "renders at the evaluation size, from the source crop at that size")
+    add_render_size_arg(r, help_text="as for animate; above the model's size (the default for models with the pixel "
+                                "path) a row renders at the evaluation size, from the source crop at that size")
     r.add_argument("--shard", metavar="I/N", help="evaluate every N-th clip starting at I (default: "
                                                   "RANK/WORLD_SIZE under torchrun, else all)")
     handlers["eval"] = _eval

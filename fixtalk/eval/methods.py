@@ -110,6 +110,12 @@ class CheckpointRow:
         self._start: Motion | None = None      # that frame's motion (per clip, from `motion`)
         self._sources: dict[int, Any] = {}     # id(crop) -> PreparedSource (it keeps the crop alive)
 
+    @property
+    def renders_at_eval_size(self) -> bool:
+        """The pixel path draws above the model's size (Pipeline.render_size), so the row draws at the eval size
+        from the source crop of that size instead of being resized."""
+        return self.size is not None and self.pipe.render_size > self.size
+
     def reset(self) -> None:
         """Forget the encoded sources and the clip's first-frame motion (called per clip)."""
         self._sources.clear()
@@ -131,7 +137,8 @@ class CheckpointRow:
         files = json.loads((Path(root) / "config.json").read_text()).get("files", {})
         return {"name": self.name, "kind": self.kind, "checkpoint": str(self.path), "sha256": files,
                 "preset": c.name, "tune_steps": self.pipe.tune_steps,
-                "size": c.size, "render_size": self.pipe.render_size, "use_emi": c.use_emi, "use_edi": c.use_edi,
+                "size": c.size, "renders_at_eval_size": self.renders_at_eval_size, "use_emi": c.use_emi,
+                "use_edi": c.use_edi,
                 "expression": c.has_expression,
                 "motion_net": c.motion_net, "motion_mode": "relative" if self.relative else "absolute",
                 "audio2lip": self.has_audio2lip,
@@ -181,7 +188,7 @@ class CheckpointRow:
         if src is None or src.crop is not face:
             # With the pixel path the row renders at the evaluation size from the source crop at that size, as
             # the Pipeline renders above the model's size for users (Pipeline.render_size).
-            full = source[size] if self.pipe.render_size > self.size and size > self.size else None
+            full = source[size] if self.renders_at_eval_size and size > self.size else None
             src = self._sources[id(face)] = self.pipe.prepare_crop(face, full=full)
         if self.relative:
             # The driver's change since the clip's first frame, on the portrait's own weights. In the self-driven,
