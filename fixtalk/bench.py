@@ -4,10 +4,13 @@ Random weights (speed does not depend on them). Three measurements in one run, s
 
 * per module (batch B): E on a driver batch, EMI, FDM (heads + composition), EDI recall, G;
 * model only, per frame: fixtalk's render path (source cached, one encoder pass per driver frame, banks
-  cached, EEM's dead branch skipped, B frames per call) vs the reference loop of EDTalk's demo_EDTalk_V.py
-  (per frame: encode the source and the three driver images, QR the banks, run EEM with its dead
-  branch, batch 1); then the same cached path by backend: torch fp32, torch bf16 (autocast) and onnxruntime
-  fp32 on the CPU (`fixtalk.onnx_backend`, graphs exported for the run);
+  cached, EEM's dead branch skipped, B frames per call: by default 1 on a CPU and 8 on a GPU, as the Pipeline)
+  run as the runtime runs it (frozen traces; on a CPU `workers` frames at once, fixtalk.frame_pool) vs the
+  reference loop of EDTalk's demo_EDTalk_V.py (per frame: encode the source and the three driver images, QR
+  the banks, run EEM with its dead branch, batch 1, fp32, NCHW, with all of the runtime's threads as torch's
+  intra-op threads, as the reference code would use them); then the same cached path by backend: torch fp32,
+  torch bf16 (autocast) and onnxruntime fp32 on the CPU (`fixtalk.onnx_backend`, graphs exported for the run,
+  one frame at a time on all the threads);
 * file to file: a real clip through the Pipeline (decode, face tracking, crop, animate, paste back, H.264)
   vs the reference demo's file loop (decode, resize to S, the reference model call, encode).
 """
@@ -15,6 +18,7 @@ Random weights (speed does not depend on them). Three measurements in one run, s
 from __future__ import annotations
 
 import argparse
+import copy
 import resource
 import tempfile
 import time
@@ -27,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from fixtalk.config import get_preset
+from fixtalk.frame_pool import FramePool
 from fixtalk.models.fixtalk import FixTalk, motion_delta
 from fixtalk.models.generator import EEM
 from fixtalk.models.lmd import LMD
@@ -107,7 +112,11 @@ def _reference_decoder(model: FixTalk, latent: torch.Tensor, feats: list[torch.T
 
 
 def module_times(model: FixTalk, batch: int, rt: Runtime) -> dict[str, float]:
-    """Milliseconds per frame for each module at batch B (source cached)."""
+    """Milliseconds per frame for each module at batch B (source cached), run eagerly on this thread. The model
+    as an eager runtime lays it out (`Runtime.prepare`): NHWC is only for the frozen traces."""
+    if rt.channels_last:
+        eager = Runtime(str(rt.device), rt.dtype_name)
+        model, rt = eager.prepare(nchw(model)), eager
     s = model.cfg.size
     x = torch.rand(batch, 3, s, s, device=rt.device) * 2 - 1
     src = rt.run(model.prepare_source, x[:1])
@@ -134,27 +143,109 @@ def module_times(model: FixTalk, batch: int, rt: Runtime) -> dict[str, float]:
     return {k: 1000 * v / batch for k, v in res.items()}
 
 
+class CachedPath:
+    """fixtalk's per-frame path with the source cached, as the runtime runs it: `step()` renders `frames`
+    frames, each call one encoder pass per driver frame, then render, B frames per call. `model` is anything
+    with FixTalk's inference methods (the ONNX backend's OnnxFixTalk too). Calls run `rt.workers` at a time,
+    each on `rt.threads_each` threads (fixtalk.frame_pool), as animate and live run them."""
+
+    def __init__(self, model: FixTalk, batch: int, rt: Runtime) -> None:
+        s = model.cfg.size
+        gen = torch.Generator(rt.device).manual_seed(0)
+        x = torch.rand(batch, 3, s, s, device=rt.device, generator=gen) * 2 - 1
+        src = rt.run(model.prepare_source, x[:1])
+
+        def one() -> None:  # Runtime.features/render: the frozen traces (fixtalk.traced) where the runtime has them
+            feat = rt.features(model, x)
+            rt.render(model, src, rt.run(model.predict_motion, feat, feat, feat))
+
+        workers = getattr(rt, "workers", 1)
+        self.pool = FramePool(workers, getattr(rt, "threads_each", 1)) if workers > 1 else None
+        # Two calls per worker, so that every worker is busy throughout a step.
+        self.calls = 2 * workers if workers > 1 else 1
+        self.frames = self.calls * batch
+        self._one = one
+
+    def step(self) -> None:
+        if self.pool is None:
+            self._one()
+            return
+        for _ in range(self.calls):
+            self.pool.submit(self._one)
+        self.pool.drain()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
 def cached_path_ms(model: FixTalk, batch: int, rt: Runtime) -> float:
-    """fixtalk ms/frame at batch B with the source cached: one encoder pass per driver frame, then render.
-    `model` is anything with FixTalk's inference methods (the ONNX backend's OnnxFixTalk too)."""
-    s = model.cfg.size
-    x = torch.rand(batch, 3, s, s, device=rt.device, generator=torch.Generator(rt.device).manual_seed(0)) * 2 - 1
-    src = rt.run(model.prepare_source, x[:1])
-
-    def ours() -> None:  # Runtime.features/render: the frozen traces (fixtalk.traced) where the runtime has them
-        feat = rt.features(model, x)
-        rt.render(model, src, rt.run(model.predict_motion, feat, feat, feat))
-
-    return 1000 * timeit(ours, rt.device) / batch
+    """fixtalk ms/frame at batch B with the source cached (`CachedPath`), median of three steps."""
+    path = CachedPath(model, batch, rt)
+    try:
+        return 1000 * timeit(path.step, rt.device) / path.frames
+    finally:
+        path.close()
 
 
-def model_only(model: FixTalk, batch: int, rt: Runtime) -> tuple[float, float]:
-    """(fixtalk ms/frame at batch B with the source cached, reference loop ms/frame). The reference loop runs
-    as the reference code does, in fp32 whatever `rt` chose (its speed-up counts fixtalk's precision too)."""
-    one = torch.rand(1, 3, model.cfg.size, model.cfg.size, device=rt.device) * 2 - 1
+def nchw(model: FixTalk) -> FixTalk:
+    """A copy of a model that `Runtime.prepare` laid out channels_last (bf16 on a CPU), with NCHW weights again:
+    the layout the reference code and an fp32 runtime use."""
+    out = copy.deepcopy(model)
+    for p in out.parameters():
+        if p.dim() == 4:
+            p.data = p.data.contiguous()
+    return out
+
+
+def all_threads(rt: Runtime) -> int:
+    """The threads the runtime was given: `workers` frames at once x `threads_each` threads."""
+    return getattr(rt, "workers", 1) * getattr(rt, "threads_each", torch.get_num_threads())
+
+
+def reference_runner(model: FixTalk, rt: Runtime) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(source, driver) -> `reference_frame` run as the reference code runs: fp32 whatever `rt` chose, NCHW
+    weights, all of the runtime's threads as torch's intra-op threads (the caller's thread count is restored)."""
     ref_rt = rt if rt.dtype is torch.float32 else Runtime(str(rt.device), "fp32")
-    ref = timeit(lambda: ref_rt.run(reference_frame, model, one, one, one, one), rt.device)
-    return cached_path_ms(model, batch, rt), 1000 * ref
+    ref_model = nchw(model) if rt.channels_last else model
+    threads = all_threads(rt)
+
+    def run(source: torch.Tensor, driver: torch.Tensor) -> torch.Tensor:
+        mine = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return cast(torch.Tensor, ref_rt.run(reference_frame, ref_model, source, driver, driver, driver))
+        finally:
+            torch.set_num_threads(mine)
+
+    return run
+
+
+def model_only(model: FixTalk, batch: int, rt: Runtime, rounds: int = 5) -> tuple[float, float, float]:
+    """(fixtalk ms/frame at batch B with the source cached, reference loop ms/frame, speed-up), medians over
+    `rounds` rounds that time one reference frame and one `CachedPath` step back to back; the speed-up is the
+    median of the rounds' own ratios, so that a machine whose speed drifts (shared VMs) compares like with like.
+
+    The reference loop runs as the reference code does: fp32 whatever `rt` chose (the speed-up counts fixtalk's
+    precision too), NCHW, one frame at a time, with all of the runtime's threads as torch's intra-op threads."""
+    one = torch.rand(1, 3, model.cfg.size, model.cfg.size, device=rt.device) * 2 - 1
+    run_reference = reference_runner(model, rt)
+
+    def reference() -> None:
+        run_reference(one, one)
+
+    path = CachedPath(model, batch, rt)
+    try:
+        reference()  # warm-up: traces, oneDNN's kernel choice
+        path.step()
+        ours, ref = [], []
+        for _ in range(rounds):
+            ref.append(timeit(reference, rt.device, iters=1, warmup=0))
+            ours.append(timeit(path.step, rt.device, iters=1, warmup=0) / path.frames)
+    finally:
+        path.close()
+    ratio = float(np.median([r / o for r, o in zip(ref, ours)]))
+    return 1000 * float(np.median(ours)), 1000 * float(np.median(ref)), ratio
 
 
 def backend_times(model: FixTalk, batch: int, rt: Runtime, done: float) -> dict[str, float | str]:
@@ -168,8 +259,8 @@ def backend_times(model: FixTalk, batch: int, rt: Runtime, done: float) -> dict[
             res[f"torch {name}"] = done
             continue
         other = Runtime(str(rt.device), name)
-        other.trace = rt.trace
-        res[f"torch {name}"] = cached_path_ms(model, batch, other)
+        other.trace, other.workers, other.threads_each = rt.trace, rt.workers, rt.threads_each
+        res[f"torch {name}"] = cached_path_ms(other.prepare(nchw(model)), batch, other)
     if rt.device.type != "cpu":
         res["onnx"] = "n/a (CPU backend)"
         return res
@@ -179,10 +270,11 @@ def backend_times(model: FixTalk, batch: int, rt: Runtime, done: float) -> dict[
     except ModuleNotFoundError as err:
         res["onnx"] = f"n/a ({err.name} missing: pip install 'fixtalk[onnx]')"
         return res
+    plain = nchw(model) if rt.channels_last else model
     with tempfile.TemporaryDirectory() as tmp:
-        export_graphs(model, Path(tmp) / "graphs")
-        ort_rt = OnnxRuntime(Path(tmp) / "graphs")
-        res["onnx"] = cached_path_ms(ort_rt.prepare(model), batch, ort_rt)
+        export_graphs(plain, Path(tmp) / "graphs")
+        ort_rt = OnnxRuntime(Path(tmp) / "graphs", threads=all_threads(rt))  # one frame at a time, as with onnx
+        res["onnx"] = cached_path_ms(ort_rt.prepare(plain), batch, ort_rt)
     return res
 
 
@@ -210,6 +302,7 @@ def file_to_file(model: FixTalk, rt: Runtime, source: Path, clip: Path, frames: 
 
         import cv2
 
+        run_reference = reference_runner(model, rt)
         t = time.perf_counter()
         s = model.cfg.size
         img = cv2.resize(load_image(source), (s, s), interpolation=cv2.INTER_AREA)
@@ -217,7 +310,7 @@ def file_to_file(model: FixTalk, rt: Runtime, source: Path, clip: Path, frames: 
             n = 0
             for f in r:
                 d = to_tensor(cv2.resize(f, (s, s), interpolation=cv2.INTER_AREA)).to(rt.device)
-                out = rt.run(reference_frame, model, to_tensor(img).to(rt.device), d, d, d)
+                out = run_reference(to_tensor(img).to(rt.device), d)
                 w.write(to_uint8(out)[0])
                 n += 1
         ref = n / (time.perf_counter() - t)
@@ -240,19 +333,24 @@ def run(args: argparse.Namespace) -> int:
     if args.size:
         cfg = cfg.replace(size=args.size)
     rt = RuntimeOptions.from_args(args).runtime()
+    if args.batch is None:  # as the Pipeline: 8 frames per call on a GPU, 1 on a CPU (batching gains nothing there)
+        args.batch = 8 if rt.device.type == "cuda" else 1
     torch.manual_seed(0)
     model = rt.prepare(FixTalk(cfg))
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
     print(f"fixtalk bench: {cfg.name} at {cfg.size}px, device {rt.device}, dtype {rt.dtype_name}, batch {args.batch}"
           f"{', compiled' if args.compile else ''}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("per module, ms/frame:")
+    print("per module (eager), ms/frame:")
     for k, v in module_times(model, args.batch, rt).items():
         print(f"  {k:<16} {v:9.1f}")
-    ours, ref = model_only(model, args.batch, rt)
+    ours, ref, speedup = model_only(model, args.batch, rt)
     how = rt.dtype_name + (", traced" if rt.trace else "")
-    print(f"model only, ms/frame: fixtalk ({how}) {ours:.1f} | reference loop (fp32) {ref:.1f} "
-          f"| speed-up x{ref / ours:.2f}")
+    if rt.workers > 1:
+        how += f", {rt.workers} frames at once x {rt.threads_each} thread{'s' * (rt.threads_each > 1)}"
+    n = all_threads(rt)
+    print(f"model only, ms/frame: fixtalk ({how}) {ours:.1f} | reference loop (fp32, {n} thread{'s' * (n > 1)}) "
+          f"{ref:.1f} | speed-up x{speedup:.2f} (median of 5 paired rounds)")
     if not args.no_backends:
         times = backend_times(model, args.batch, rt, ours)
         print("model only by backend, ms/frame: " + " | ".join(

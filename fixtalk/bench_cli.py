@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable[[argp
     p = sub.add_parser("bench", help="per-module timings and speed-up over the EDTalk (or LIA) demo loop")
     p.add_argument("--preset", default="fixtalk-256")
     p.add_argument("--size", type=int, help="override the preset's resolution")
-    add_runtime_args(p, batch=8, dtype="fp32")
+    add_runtime_args(p, dtype="fp32")
     p.add_argument("--no-backends", action="store_true",
                    help="skip the torch fp32 / torch bf16 / onnx model-only comparison")
     p.add_argument("--source", help="portrait for the file-to-file measurement")

@@ -75,9 +75,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
 
 
 def channels_last(module: nn.Module) -> None:
-    """Lay the module's 4-D weights out channels_last, in place. Used for the encoder under bf16 on CPUs: oneDNN's
-    bf16 convolutions then keep the activations NHWC, and E ran ~20% faster on one frame (docs/performance.md).
-    Not in fp32 (the parity tests' rounding) nor for the decoder, whose modulated convs gained nothing."""
+    """Lay the module's 4-D weights out channels_last, in place (`Runtime.prepare`, bf16 on CPUs): oneDNN's bf16
+    convolutions then keep the activations NHWC. Not in fp32: the parity tests' rounding."""
     for p in module.parameters():
         if p.dim() == 4:
             p.data = p.data.contiguous(memory_format=torch.channels_last)
@@ -114,8 +113,16 @@ class Runtime:
 
     def prepare(self, module: M) -> M:
         module = module.to(self.device).eval().requires_grad_(False)
+        # NHWC end to end where frozen traces run the model: the modulated convs lay their weights out like their
+        # input (`ModulatedConv2d._conv`), a constant in the trace; renders 7-8% faster at 128 and 256 px
+        # (docs/performance.md, "channels_last end to end"). Eagerly that layout would be remade every call (G
+        # 9-25% slower at 256 px), so without traces only the encoder, whose weights are plain: E ~20% faster.
+        from fixtalk.traced import traceable
+
         enc = getattr(module, "enc", None)
-        if self.device.type == "cpu" and self.dtype is torch.bfloat16 and isinstance(enc, nn.Module):
+        if self.channels_last and traceable(self, module):
+            channels_last(module)
+        elif self.device.type == "cpu" and self.dtype is torch.bfloat16 and isinstance(enc, nn.Module):
             channels_last(enc)
         if self.compile:
             # The decoder is where the time goes; compiling it alone keeps warm-up short.
@@ -156,13 +163,24 @@ class Runtime:
                 self._traces.popitem(last=False)
         return fn
 
-    def _move(self, obj: Any) -> Any:
-        if isinstance(obj, torch.Tensor):
-            return obj.to(self.device)
+    @property
+    def channels_last(self) -> bool:
+        """Whether the model runs NHWC end to end (`prepare`): bf16 on a CPU, through frozen traces."""
+        return self.device.type == "cpu" and self.dtype is torch.bfloat16 and self.trace
+
+    def move(self, obj: Any) -> Any:
+        """A tensor on this runtime's device; images and maps (4-D, floating) channels_last where the model runs
+        so. The encoder's first conv is 1x1, whose weight is NCHW and NHWC at once, so its output, the finest
+        source map, takes the image's layout: an NCHW finest map cost ~10 ms a frame in grid_sample at 256 px."""
+        if not isinstance(obj, torch.Tensor):
+            return obj
+        obj = obj.to(self.device)
+        if self.channels_last and obj.dim() == 4 and obj.is_floating_point():
+            obj = obj.contiguous(memory_format=torch.channels_last)
         return obj
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        args = tuple(self._move(a) for a in args)
+        args = tuple(self.move(a) for a in args)
         with torch.inference_mode():
             if self.dtype is torch.float32:
                 return fn(*args)

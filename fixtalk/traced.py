@@ -65,7 +65,7 @@ class Traced:
         self._lock = threading.Lock()
 
     def __call__(self, *inputs: Tensor | None) -> Tensor:
-        args = tuple(t.to(self.runtime.device) for t in inputs if t is not None)
+        args = tuple(self.runtime.move(t) for t in inputs if t is not None)
         graph = self._graph(tuple(None if t is None else tuple(t.shape) for t in inputs), args)
         with torch.inference_mode():
             out = graph(*args)

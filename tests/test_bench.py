@@ -35,8 +35,8 @@ def test_bench_runs_on_the_pixel_path_model() -> None:
     rt = Runtime("cpu", "fp32")
     times = module_times(model, 2, rt)
     assert {"E (encoder)", "G (generator)"} <= set(times) and all(t > 0 for t in times.values())
-    ours, ref = model_only(model, 2, rt)
-    assert ours > 0 and ref > 0
+    ours, ref, speedup = model_only(model, 2, rt, rounds=2)
+    assert ours > 0 and ref > 0 and speedup > 0
 
 
 def test_lia_reference_loop_renders_the_cached_paths_frame() -> None:

@@ -221,10 +221,24 @@ class ModulatedConv2d(nn.Module):
         return out * demodulation(s, w).to(out.dtype)[:, :, None, None]
 
     def _conv(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """The batch-shared convolution; upsampling is a stride-2 transposed conv, then the FIR low-pass."""
+        """The batch-shared convolution; upsampling is a stride-2 transposed conv, then the FIR low-pass.
+
+        The weight takes x's memory layout. Under bf16 on CPUs the model runs channels_last (`Runtime.prepare`),
+        and oneDNN's NHWC kernels want NHWC weights as well: with the NCHW weight it converts one of the two on
+        every call. In a frozen trace the laid-out weight is a constant (docs/performance.md, "channels_last
+        end to end")."""
         if self.upsample:
-            return self.blur(F.conv_transpose2d(x, w.transpose(0, 1), stride=2))
+            w = w.transpose(0, 1)
+        if is_channels_last(x):
+            w = w.contiguous(memory_format=torch.channels_last)
+        if self.upsample:
+            return self.blur(F.conv_transpose2d(x, w, stride=2))
         return F.conv2d(x, w, padding=self.padding)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """x is 4-D and laid out NHWC (and not also NCHW, as maps with one channel or one pixel are)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def demodulation(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
