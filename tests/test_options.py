@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from fixtalk import options, runtime
 from fixtalk.cli import build_parser
 from fixtalk.errors import InputError
 from fixtalk.options import RuntimeOptions, choose_threads
+from tests.conftest import needs_dlib
 
 
 @pytest.mark.parametrize("command", ["animate", "live", "serve", "eval", "bench"])
@@ -134,4 +136,30 @@ def test_bf16_renders_what_fp32_renders() -> None:
         frames[dtype] = to_uint8(rt.run(model.render, state, motion))
     same = min(psnr(a, b) for a, b in zip(frames["fp32"], frames["bf16"]))
     other = psnr(frames["fp32"][0], frames["bf16"][1])  # negative control: different drivers differ
+    assert same >= 40.0 and other < same - 5
+
+
+@needs_dlib
+def test_bf16_renders_real_faces_as_fp32_does(faces: Path) -> None:
+    """The runtime --dtype auto gives where the CPU has bf16 units (frozen traces, NHWC end to end), on a real
+    portrait at the default 256 px render: >= 40 dB to fp32. Smooth noise (above) hides sharp detail moved by a
+    pixel: with the pixel path's sampling grid in bf16, this scored 36.8 dB (docs/performance.md)."""
+    from fixtalk.metrics.image import psnr
+    from fixtalk.pipeline import Pipeline
+
+    source, clip = faces / "images" / "edtalk__identity_source.jpg", str(faces / "videos" / "lia__vox_driving1.mp4")
+    threads = torch.get_num_threads()
+    frames = {}
+    try:
+        for dtype in ("bf16", "fp32"):
+            pipe = Pipeline.from_pretrained(runtime=RuntimeOptions(dtype=dtype, threads=1).runtime(), progress=False)
+            src = pipe.prepare_source(source)
+            drive = pipe.drive(src, mouth=clip, pose=clip, expression=clip, max_frames=6)
+            frames[dtype] = list(pipe.frames(src, drive, paste_back=False))
+            assert pipe.runtime.channels_last == (dtype == "bf16") and pipe.render_size == 256
+    finally:
+        torch.set_num_threads(threads)
+    assert frames["bf16"][0].shape == (256, 256, 3)
+    same = min(psnr(a, b) for a, b in zip(frames["fp32"], frames["bf16"]))
+    other = psnr(frames["fp32"][0], frames["bf16"][-1])  # negative control: another driver frame
     assert same >= 40.0 and other < same - 5

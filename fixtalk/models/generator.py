@@ -128,11 +128,15 @@ class PixelWarp(nn.Module):
         fields = self.fields(f4.to(synth.dtype))
         fields = fields.expand(b, -1, -1, -1).view(b, self.basis, 2, *fields.shape[-2:])
         flow = (self.coeff(delta.to(synth.dtype))[:, :, None, None, None] * fields).mean(1)  # B x 2 x h x w
-        flow = F.interpolate(flow, size=(size, size), mode="bilinear", align_corners=False)
+        # The flow, its grid and the mask in float32 (synth's dtype) even under bf16 autocast: a bf16 sampling grid
+        # is quantised to 1/128 of the half-width near the border, a whole pixel at 256 px, which moved sharp
+        # detail and put bf16 renders of real faces 36.8 dB from float32 ones (docs/performance.md).
+        flow = F.interpolate(flow.to(synth.dtype), size=(size, size), mode="bilinear", align_corners=False)
         grid = pixel_identity_grid(size, flow) + flow.permute(0, 2, 3, 1)
         warped = F.grid_sample(source.to(flow.dtype).expand(b, -1, -1, -1), grid, mode="bilinear",
                                padding_mode="border", align_corners=True)
-        logits = F.interpolate(self.mask(x, style), size=(size, size), mode="bilinear", align_corners=False)
+        logits = F.interpolate(self.mask(x, style).to(synth.dtype), size=(size, size), mode="bilinear",
+                               align_corners=False)
         mask = torch.sigmoid(logits + self.mask_bias)
         if synth.shape[-1] != size:
             synth = F.interpolate(synth, size=(size, size), mode="bilinear", align_corners=False)
