@@ -36,7 +36,7 @@ from fixtalk.models.fixtalk import FixTalk, motion_delta
 from fixtalk.models.generator import EEM
 from fixtalk.models.lmd import LMD
 from fixtalk.options import RuntimeOptions
-from fixtalk.runtime import Runtime
+from fixtalk.runtime import Runtime, cpu_description
 
 
 def _sync(device: torch.device) -> None:
@@ -339,8 +339,11 @@ def run(args: argparse.Namespace) -> int:
     model = rt.prepare(FixTalk(cfg))
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
-    print(f"fixtalk bench: {cfg.name} at {cfg.size}px, device {rt.device}, dtype {rt.dtype_name}, batch {args.batch}"
-          f"{', compiled' if args.compile else ''}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"fixtalk bench: {cfg.name} at {cfg.size}px, batch {args.batch}{', compiled' if args.compile else ''}; "
+          f"torch {torch.__version__}; {rt.describe()}")
+    if rt.device.type == "cpu":
+        name, units = cpu_description()
+        print(f"CPU: {name}; bf16 units: {', '.join(units) or 'none'}")
     print("per module (eager), ms/frame:")
     for k, v in module_times(model, args.batch, rt).items():
         print(f"  {k:<16} {v:9.1f}")
@@ -353,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
           f"{ref:.1f} | speed-up x{speedup:.2f} (median of 5 paired rounds)")
     if not args.no_backends:
         times = backend_times(model, args.batch, rt, ours)
-        print("model only by backend, ms/frame: " + " | ".join(
+        print("model only by backend, ms/frame (speed-up over the reference loop's median): " + " | ".join(
             f"{k} {v:.1f} (x{ref / v:.2f})" if isinstance(v, float) else f"{k} {v}" for k, v in times.items()))
     if args.clip and args.source:
         fo, fr = file_to_file(model, rt, Path(args.source), Path(args.clip), args.frames, args.batch)

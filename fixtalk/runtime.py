@@ -114,7 +114,7 @@ class Runtime:
     def prepare(self, module: M) -> M:
         module = module.to(self.device).eval().requires_grad_(False)
         # NHWC end to end where frozen traces run the model: the modulated convs lay their weights out like their
-        # input (`ModulatedConv2d._conv`), a constant in the trace; renders 7-8% faster at 128 and 256 px
+        # input (`ModulatedConv2d._conv`), a constant in the trace; frames 8-13% faster at 128 and 256 px
         # (docs/performance.md, "channels_last end to end"). Eagerly that layout would be remade every call (G
         # 9-25% slower at 256 px), so without traces only the encoder, whose weights are plain: E ~20% faster.
         from fixtalk.traced import traceable
