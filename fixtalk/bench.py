@@ -272,7 +272,7 @@ def backend_times(model: FixTalk, batch: int, rt: Runtime, done: float) -> dict[
         return res
     plain = nchw(model) if rt.channels_last else model
     with tempfile.TemporaryDirectory() as tmp:
-        export_graphs(plain, Path(tmp) / "graphs")
+        export_graphs(plain, Path(tmp) / "graphs", plain.cfg.size)  # model only: at S, as the torch rows draw
         ort_rt = OnnxRuntime(Path(tmp) / "graphs", threads=all_threads(rt))  # one frame at a time, as with onnx
         res["onnx"] = cached_path_ms(ort_rt.prepare(plain), batch, ort_rt)
     return res

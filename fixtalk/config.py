@@ -125,6 +125,21 @@ class ModelConfig:
         return self.lip_dim + self.pose_dim + self.exp_dim
 
     @property
+    def default_render_size(self) -> int:
+        """Side of the frames drawn by default: 2 S with the pixel path, which warps the portrait's own crop at
+        that size (docs/quality.md, "Rendering above the model's size"), else S."""
+        return 2 * self.size if self.rgb_warp else self.size
+
+    def check_render_size(self, size: int) -> int:
+        """`size` if the model can draw at it, else ValueError with the reason (the CLI's one-line error)."""
+        if size < self.size:
+            raise ValueError(f"--render-size must be at least the model's size {self.size}, got {size}")
+        if size != self.size and not self.rgb_warp:
+            raise ValueError(f"--render-size above the model's size {self.size} needs a model with the pixel "
+                             "path (rgb_warp)")
+        return size
+
+    @property
     def has_expression(self) -> bool:
         return self.exp_dim > 0
 

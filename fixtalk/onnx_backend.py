@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from fixtalk.config import ModelConfig
 from fixtalk.errors import InputError
 from fixtalk.models.fdm import Motion
 from fixtalk.models.fixtalk import FixTalk, SourceState
@@ -68,8 +70,9 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-def check_manifest(graphs: Path, model: FixTalk, digest: str | None = None) -> dict:
-    """The manifest of a graph set, or InputError naming the file when it is not one for `model`."""
+def check_manifest(graphs: Path, model: FixTalk, digest: str | None = None, render_size: int | None = None) -> dict:
+    """The manifest of a graph set, or InputError naming the file when it is not one for `model` (drawing at
+    `render_size`, when given)."""
     man = graphs / "manifest.json"
     if not man.is_file():
         raise InputError(graphs, "not an ONNX graph set (no manifest.json); write one with `fixtalk export-onnx`")
@@ -81,25 +84,43 @@ def check_manifest(graphs: Path, model: FixTalk, digest: str | None = None) -> d
         raise InputError(man, f"format {meta.get('format')!r}, expected {FORMAT!r}: export the graphs again")
     if meta.get("model") != model.cfg.to_dict() or meta.get("weights") != (digest or weights_digest(model)):
         raise InputError(man, "these graphs were exported from other weights than the checkpoint loaded")
+    if render_size is not None and meta.get("render_size") != render_size:
+        raise InputError(man, f"these graphs draw at {meta.get('render_size')} px, not {render_size}: export them "
+                              f"with `fixtalk export-onnx ... --render-size {render_size}`")
     for g in GRAPHS:
         if not (graphs / f"{g}.onnx").is_file():
             raise InputError(graphs / f"{g}.onnx", "missing graph file")
     return meta
 
 
-def ensure_graphs(model: FixTalk, graphs: str | Path | None = None) -> Path:
-    """The graph directory for `model`: `graphs` (checked), else the cache, exported there when absent."""
+def ensure_graphs(model: FixTalk, graphs: str | Path | None = None, render_size: int | None = None) -> Path:
+    """The graph directory for `model` drawing at `render_size` (default: the model's): `graphs` (checked),
+    else the cache, exported there when absent."""
     if graphs is not None:
-        check_manifest(Path(graphs), model)
+        check_manifest(Path(graphs), model, render_size=render_size)
         return Path(graphs)
+    size = render_size or model.cfg.default_render_size
     digest = weights_digest(model)
-    key = hashlib.sha256(f"{digest}{code_digest()}{model.cfg.to_json()}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{digest}{code_digest()}{model.cfg.to_json()}{size}".encode()).hexdigest()[:20]
     out = cache_root() / key
     if not (out / "manifest.json").is_file():
-        log.info("exporting the model to ONNX (once per checkpoint) into %s", out)
-        export_graphs(model, out)
-    check_manifest(out, model, digest)
+        log.info("exporting the model to ONNX (once per checkpoint and render size) into %s", out)
+        export_graphs(model, out, size)
+    check_manifest(out, model, digest, size)
     return out
+
+
+def manifest_render_size(graphs: Path, cfg: ModelConfig | None = None) -> int | None:
+    """The render size a graph set was exported for (for a model of config `cfg`, when given); None where its
+    manifest cannot be read or names another model (`check_manifest` then says why)."""
+    try:
+        meta = json.loads((graphs / "manifest.json").read_text())
+        size = meta.get("render_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if cfg is not None and meta.get("model") != cfg.to_dict():
+        return None
+    return size if isinstance(size, int) else None
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -124,12 +145,18 @@ class OnnxFixTalk:
         self.sessions = {g: ort.InferenceSession(str(graphs / f"{g}.onnx"), opts,
                                                  providers=["CPUExecutionProvider"]) for g in GRAPHS}
         self._render_inputs = [i.name for i in self.sessions["render"].get_inputs()]
+        self.render_size = manifest_render_size(graphs) or self.cfg.size
 
-    def prepare_source(self, img: Tensor) -> SourceState:
+    def prepare_source(self, img: Tensor, image: Tensor | None = None) -> SourceState:
+        """As `FixTalk.prepare_source`: `image` is the same crop at the render size R the graphs draw at. The
+        renderer's image input has that fixed size, so without one the crop is upsampled to it (torch would draw
+        such a source at S instead)."""
         outs = self.sessions["source"].run(None, {"image": _np(img)})
         named = {n: torch.from_numpy(o) for n, o in zip(source_names(self.cfg), outs)}
         if self.cfg.rgb_warp:
-            named["image"] = img.detach().float().cpu()
+            if image is None and self.render_size != img.shape[-1]:
+                image = F.interpolate(img.float(), size=self.render_size, mode="bilinear", align_corners=False)
+            named["image"] = (img if image is None else image).detach().float().cpu()
         return unflatten_state(named, self.cfg)
 
     def driving_features(self, img: Tensor) -> Tensor:
@@ -140,7 +167,8 @@ class OnnxFixTalk:
                                 else None)
 
     def render(self, src: SourceState, motion: Motion, motion_key: Tensor | None = None) -> Tensor:
-        """Frames B x 3 x S x S from bank weights, as `FixTalk.render` with the default motion key."""
+        """Frames B x 3 x R x R from bank weights, as `FixTalk.render` with the default motion key (R: the render
+        size of the graphs, which the source's image must have)."""
         if motion_key is not None:
             raise ValueError("the ONNX renderer uses the default motion key (m^d - m^s)")
         if self.cfg.has_expression and motion.exp is None:
@@ -178,8 +206,14 @@ class OnnxRuntime(Runtime):
         return (f"onnxruntime {onnxruntime.__version__} on cpu ({cpu_description()[0]}), fp32, "
                 f"{self.threads or torch.get_num_threads()} threads; graphs: {graphs}")
 
+    def graphs_render_size(self, cfg: ModelConfig) -> int | None:
+        """The render size of the graph set given with `--onnx DIR` for a model of config `cfg` (the Pipeline's
+        default then), else None."""
+        return None if self.graphs is None else manifest_render_size(self.graphs, cfg)
+
     def prepare(self, module: M) -> M:
         if isinstance(module, FixTalk):
             module = module.cpu().eval().requires_grad_(False)
-            return OnnxFixTalk(module, ensure_graphs(module, self.graphs), self.threads)  # type: ignore[return-value]
+            graphs = ensure_graphs(module, self.graphs, self.render_size)
+            return OnnxFixTalk(module, graphs, self.threads)  # type: ignore[return-value]
         return super().prepare(module)

@@ -55,31 +55,36 @@ def psnr_uint8(a: Tensor, b: Tensor) -> float:
     return psnr(x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]))
 
 
-def _run(m: object, source: Tensor, drivers: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """(source cache by name, motion features, frames) through FixTalk's inference methods on `m`."""
+def _run(m: object, source: Tensor, drivers: Tensor, image: Tensor | None = None
+         ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """(source cache by name, motion features, frames) through FixTalk's inference methods on `m`; `image`: the
+    source crop at the render size (pixel path)."""
     import torch
 
     from fixtalk.onnx_export import flatten_state
 
     with torch.inference_mode():
-        state = m.prepare_source(source)  # type: ignore[attr-defined]
+        state = m.prepare_source(source, image)  # type: ignore[attr-defined]
         feat = m.driving_features(drivers)  # type: ignore[attr-defined]
         frames = m.render(state, m.predict_motion(feat, feat, feat))  # type: ignore[attr-defined]
     return flatten_state(state, m.cfg), feat, frames.float()  # type: ignore[attr-defined]
 
 
-def compare(model: FixTalk, other: object, source: Tensor, drivers: Tensor) -> Comparison:
+def compare(model: FixTalk, other: object, source: Tensor, drivers: Tensor, image: Tensor | None = None
+            ) -> Comparison:
     """torch `model` against `other` (anything with FixTalk's inference methods) on the same inputs."""
-    cache_a, feat_a, ref = _run(model, source, drivers)
-    cache_b, feat_b, got = _run(other, source, drivers)
+    cache_a, feat_a, ref = _run(model, source, drivers, image)
+    cache_b, feat_b, got = _run(other, source, drivers, image)
     d = (ref - got).abs()
     cache = max(float((cache_a[k] - cache_b[k]).abs().max()) for k in cache_a)
     return Comparison(float(d.max()), float(d.mean()), psnr_uint8(ref, got), cache,
                       float((feat_a - feat_b).abs().max()))
 
 
-def real_inputs(model: FixTalk, source: str, driving: str, frames: int) -> tuple[Tensor, Tensor]:
-    """Aligned crops of a portrait and of the first `frames` faces of a video, as the Pipeline makes them."""
+def real_inputs(model: FixTalk, source: str, driving: str, frames: int, render_size: int | None = None
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Aligned crops of a portrait (at S, and at the render size when above S) and of the first `frames` faces
+    of a video, as the Pipeline makes them."""
     import torch
 
     from fixtalk.checkpoint import Bundle
@@ -87,7 +92,7 @@ def real_inputs(model: FixTalk, source: str, driving: str, frames: int) -> tuple
     from fixtalk.io import open_frames
     from fixtalk.pipeline import FPS, Pipeline, to_tensor
 
-    pipe = Pipeline(Bundle(model), progress=False)
+    pipe = Pipeline(Bundle(model), progress=False, render_size=render_size)
     src = pipe.prepare_source(source)
     track = FaceTrack(pipe.detector, fps=FPS, path=driving)
     crops = []
@@ -100,7 +105,7 @@ def real_inputs(model: FixTalk, source: str, driving: str, frames: int) -> tuple
                 break
     if not crops:
         raise InputError(driving, "no face found in the driving video")
-    return to_tensor(src.crop), torch.cat(crops)
+    return to_tensor(src.crop), torch.cat(crops), None if src.full is None else to_tensor(src.full)
 
 
 def _check_out(out: Path) -> None:
@@ -111,6 +116,8 @@ def _check_out(out: Path) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    import torch.nn.functional as F
+
     from fixtalk.checkpoint import load_bundle
     from fixtalk.onnx_backend import OnnxFixTalk, require_onnxruntime
     from fixtalk.onnx_export import example_inputs, export_graphs
@@ -124,22 +131,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.frames < 1:
         raise InputError(None, "--frames must be >= 1")
     model = load_bundle(SHIPPED if args.ckpt == "shipped" else args.ckpt).model
+    try:
+        size = model.cfg.check_render_size(args.render_size or model.cfg.default_render_size)
+    except ValueError as err:
+        raise InputError(None, str(err)) from None
     t0 = time.perf_counter()
     try:
-        export_graphs(model, out)
+        export_graphs(model, out, size)
     except OSError as err:
         raise InputError(out, f"cannot write the graphs ({err.strerror or err})") from None
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(out.glob("*.onnx")))
-    print(f"wrote {out} ({sizes}) in {time.perf_counter() - t0:.1f} s")
+    print(f"wrote {out} ({sizes}; frames drawn at {size} px) in {time.perf_counter() - t0:.1f} s")
     if not args.check:
         return 0
     if args.source:
-        source, drivers = real_inputs(model, args.source, args.driving, args.frames)
+        source, drivers, image = real_inputs(model, args.source, args.driving, args.frames, size)
         what = f"{Path(args.source).name} driven by {drivers.shape[0]} frames of {Path(args.driving).name}"
     else:
         source, drivers = example_inputs(model.cfg, batch=args.frames, seed=1)
+        image = None if size == model.cfg.size else F.interpolate(source, size=size, mode="bilinear",
+                                                                   align_corners=False)
         what = f"random images, {args.frames} frames"
-    res = compare(model, OnnxFixTalk(model, out), source, drivers)
+    res = compare(model, OnnxFixTalk(model, out), source, drivers, image)
     print(f"onnxruntime vs torch fp32 on {what}:\n  {res.line()}")
     verdict = "within" if res.ok() else "OUTSIDE"
     print(f"  {verdict} the tolerance (mean abs <= {TOLERANCE['mean_abs']:g}, PSNR >= {TOLERANCE['psnr_db']:g} dB)")
@@ -155,5 +168,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict) -> None:
     p.add_argument("--source", help="portrait for --check (default: random images)")
     p.add_argument("--driving", help="driving video for --check")
     p.add_argument("--frames", type=int, default=8, help="driver frames for --check (default 8)")
+    p.add_argument("--render-size", type=int, metavar="PX",
+                   help="side of the frames the renderer draws (default: twice the model's size with the pixel "
+                        "path, else the model's size); `--backend onnx` needs graphs of the size it draws at")
     handlers["export-onnx"] = _cmd_export
 

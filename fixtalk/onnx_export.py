@@ -2,7 +2,11 @@
 
     source.onnx   image 1 x 3 x S x S -> the `SourceState` cache (latent, maps, own motion, m, f_pi, EEM maps)
     driver.onnx   frames B x 3 x S x S -> motion features B x style_dim (EMI's z, or f_6 without EMI)
-    render.onnx   (lip B x 20, pose B x 6, exp B x 10, the source cache at batch 1) -> frames B x 3 x S x S
+    render.onnx   (lip B x 20, pose B x 6, exp B x 10, the source cache at batch 1) -> frames B x 3 x R x R
+
+R is the render size the graphs are exported for (`manifest.json`'s `render_size`): with the pixel path the
+renderer reads the portrait's crop at R x R and draws at R, by default 2 S as with torch
+(`ModelConfig.default_render_size`); otherwise R = S.
 
 The renderer reads FDM bank weights, not driver frames, so that each factor (mouth, pose, expression) can
 come from its own source, be scaled by a strength, or come from Audio2Lip or an emotion preset exactly as
@@ -39,7 +43,7 @@ from fixtalk.models.fixtalk import FixTalk, SourceState
 from fixtalk.models.layers import Blur, Upsample, fir_weight
 
 OPSET = 17  # GridSample needs 16, a native LayerNormalization 17
-FORMAT = "fixtalk-onnx/1"
+FORMAT = "fixtalk-onnx/2"  # /2: the renderer draws at manifest["render_size"]
 GRAPHS = ("source", "driver", "render")
 
 
@@ -193,18 +197,22 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, inputs: lis
                           dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
 
 
-def export_graphs(model: FixTalk, out_dir: str | Path) -> Path:
+def export_graphs(model: FixTalk, out_dir: str | Path, render_size: int | None = None) -> Path:
     """Write source/driver/render .onnx and manifest.json into `out_dir`, atomically (a sibling temporary
-    directory renamed at the end, so a reader never sees half a graph set)."""
+    directory renamed at the end, so a reader never sees half a graph set). The renderer draws at
+    `render_size` (default `ModelConfig.default_render_size`; ValueError where the model cannot)."""
     cfg = model.cfg
+    size = cfg.check_render_size(render_size or cfg.default_render_size)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     m = exportable(model)
     src_img, drv = example_inputs(cfg)
+    # The renderer's `image` input is the portrait's crop at the render size (pixel path); its side is fixed.
+    image = None if size == cfg.size else F.interpolate(src_img, size=size, mode="bilinear", align_corners=False)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with torch.no_grad():
-            state = m.prepare_source(src_img)
+            state = m.prepare_source(src_img, image)
             flat = flatten_state(state, cfg)
             feat = m.driving_features(drv)
             motion = m.predict_motion(feat, feat, feat)
@@ -215,7 +223,7 @@ def export_graphs(model: FixTalk, out_dir: str | Path) -> Path:
             _export(RenderGraph(m), args, tmp / "render.onnx", names, ["frame"],
                     {*motion_names(cfg), "frame"})
         manifest = {"format": FORMAT, "opset": OPSET, "model": cfg.to_dict(), "weights": weights_digest(model),
-                    "torch": torch.__version__, "source_outputs": source_names(cfg),
+                    "render_size": size, "torch": torch.__version__, "source_outputs": source_names(cfg),
                     "render_inputs": graph_inputs(tmp / "render.onnx")}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         replace_dir(tmp, out)

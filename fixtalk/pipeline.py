@@ -131,6 +131,7 @@ class Pipeline:
             raise InputError(None, "--tune needs the torch backend (--backend torch)")
         self.tune_steps = tune_steps
         self.render_size = self._render_size(render_size)
+        self.runtime.render_size = self.render_size  # the ONNX backend exports its renderer at that size
         self.model = self.runtime.prepare(bundle.model)
         self.audio2lip = None if bundle.audio2lip is None else self.runtime.prepare(bundle.audio2lip)
         # LIA's demo drives relatively: the portrait keeps its own pose and face shape, and only the driver's
@@ -147,20 +148,17 @@ class Pipeline:
         self._tuned: dict[str, FixTalk] = {}  # sha1 of the aligned crop -> tuned generator (fixtalk.tune)
 
     def _render_size(self, requested: int | None) -> int:
-        """Side of the frames the model draws: S, or with the pixel path (rgb_warp) and the torch backend the
-        requested size, default 2 S. Why 2 S: the pixel path warps the source crop at that size, so the face
-        keeps the portrait's own detail instead of a 128 px face upscaled (docs/quality.md, "Rendering above
-        the model's size"); the exported ONNX renderer is traced at S."""
-        s = self.cfg.size
-        can = self.cfg.rgb_warp and self.runtime.serves_torch
+        """Side of the frames the model draws: the requested size, else the model's default (2 S with the pixel
+        path, `ModelConfig.default_render_size`), else what a given ONNX graph set was exported for. Why 2 S: the
+        pixel path warps the source crop at that size, so the face keeps the portrait's own detail instead of a
+        128 px face upscaled (docs/quality.md, "Rendering above the model's size")."""
         if requested is None:
-            return 2 * s if can else s
-        if requested < s:
-            raise InputError(None, f"--render-size must be at least the model's size {s}, got {requested}")
-        if requested != s and not can:
-            why = "the torch backend" if self.cfg.rgb_warp else "a model with the pixel path (rgb_warp)"
-            raise InputError(None, f"--render-size above the model's size {s} needs {why}")
-        return requested
+            fixed = getattr(self.runtime, "graphs_render_size", None)
+            requested = (fixed(self.cfg) if fixed else None) or self.cfg.default_render_size
+        try:
+            return self.cfg.check_render_size(requested)
+        except ValueError as err:
+            raise InputError(None, str(err)) from None
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **kwargs: Any) -> Pipeline:

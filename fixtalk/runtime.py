@@ -107,6 +107,7 @@ class Runtime:
         self.fallbacks = 0  # calls recomputed in float32 after a non-finite reduced-precision result
         self.trace = False  # render through fixtalk.traced on CPUs (RuntimeOptions.runtime sets it)
         self._traces: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # fixtalk.traced, oldest first
+        self.render_size: int | None = None  # side of the frames drawn (the Pipeline sets it; onnx exports at it)
         self.workers = 1  # frames rendered at once (fixtalk.frame_pool; RuntimeOptions.runtime sets it)
         self.threads_each = 1  # torch threads of each of them
         self._warned = False

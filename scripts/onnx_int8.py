@@ -74,7 +74,7 @@ def main() -> None:
     faces = Path(args.faces)
     model = load_bundle(SHIPPED).model
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_graphs(model, Path(tmp) / "fp32")
+        fp32 = export_graphs(model, Path(tmp) / "fp32", model.cfg.size)
         ref_model = OnnxFixTalk(model, fp32, threads=1)
         src, drv = real_inputs(model, str(faces / SCORE[0]), str(faces / SCORE[1]), args.frames)
         ref = _run(ref_model, src, drv)[2]

@@ -44,7 +44,7 @@ def main() -> None:
         src, drv = example_inputs(model.cfg, batch=2, seed=1)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            graphs = export_graphs(model, Path(tmp) / "g")
+            graphs = export_graphs(model, Path(tmp) / "g", model.cfg.size)
             secs = time.perf_counter() - t
             mb = sum(p.stat().st_size for p in graphs.glob("*.onnx")) / 1e6
             onnx_frames = _run(OnnxFixTalk(model, graphs), src, drv)[2]

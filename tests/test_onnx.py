@@ -42,7 +42,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[FixTalk, Path]:
     """The tiny test layout with everything on: EMI, EDI, expression (EEM) and the pixel path."""
     model = _randomise(FixTalk(TINY.replace(rgb_warp=True))).eval()
-    return model, export_graphs(model, tmp_path_factory.mktemp("onnx") / "graphs")
+    # Drawn at S: these tests compare torch and onnx on the same S x S sources (the render size has its own).
+    return model, export_graphs(model, tmp_path_factory.mktemp("onnx") / "graphs", model.cfg.size)
 
 
 def test_export_writes_three_graphs_and_a_manifest(tiny: tuple[FixTalk, Path]) -> None:
@@ -116,29 +117,36 @@ def test_paper_layouts_export_as_accurately_as_torch_runs(preset: str, tmp_path:
     assert err_onnx.mean() <= 3 * err_torch.mean() + 1e-6 and err_onnx.max() <= 3 * err_torch.max() + 1e-5
 
 
-def _real_inputs(model: FixTalk) -> tuple[torch.Tensor, torch.Tensor, str]:
+def _real_inputs(model: FixTalk, render_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """(source crop at S, driver crops, source crop at the render size, what they are)."""
     import importlib.util
 
     if FACES.is_dir() and importlib.util.find_spec("dlib") is not None:
         from fixtalk.onnx_cli import real_inputs
 
-        return (*real_inputs(model, str(FACES / PORTRAIT), str(FACES / CLIP), 8), "real faces")
-    return (*example_inputs(model.cfg, batch=8, seed=1), "random images")
+        src, drv, image = real_inputs(model, str(FACES / PORTRAIT), str(FACES / CLIP), 8, render_size)
+        assert image is not None
+        return src, drv, image, "real faces"
+    src, drv = example_inputs(model.cfg, batch=8, seed=1)
+    return src, drv, torch.nn.functional.interpolate(src, size=render_size, mode="bilinear"), "random images"
 
 
 def test_shipped_model_matches_torch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """At the shipped model's default render size, 256 px: the pixel path warps the portrait's 256 px crop."""
     from fixtalk.checkpoint import load_bundle
     from fixtalk.pipeline import SHIPPED
 
     assert main(["export-onnx", "shipped", str(tmp_path / "g")]) == 0
     model = load_bundle(SHIPPED).model
-    src, drv, what = _real_inputs(model)
-    res = compare(model, OnnxFixTalk(model, tmp_path / "g"), src, drv)
+    assert json.loads((tmp_path / "g" / "manifest.json").read_text())["render_size"] == 256
+    src, drv, image, what = _real_inputs(model, 256)
+    res = compare(model, OnnxFixTalk(model, tmp_path / "g"), src, drv, image)
     with capsys.disabled():
-        print(f"\nshipped model, onnxruntime vs torch fp32 on {what}: {res.line()}")
+        print(f"\nshipped model at 256 px, onnxruntime vs torch fp32 on {what}: {res.line()}")
     assert res.ok() and res.max_abs < 1e-3
+    assert _run(OnnxFixTalk(model, tmp_path / "g"), src, drv, image)[2].shape[-1] == 256
     # Negative control: consecutive frames of one render are close but the 50 dB threshold still tells them apart.
-    frames = _run(model, src, drv)[2]
+    frames = _run(model, src, drv, image)[2]
     assert psnr_uint8(frames[:-1], frames[1:]) < TOLERANCE["psnr_db"]
 
 
@@ -165,8 +173,9 @@ def test_pipeline_and_stream_render_through_onnx(tmp_path: Path, monkeypatch: py
     lip = torch.from_numpy(rng.normal(0, 1, (5, 20)).astype(np.float32))
     audio = (0.1 * rng.standard_normal(SAMPLES_PER_FRAME * 12)).astype(np.float32)
     out: dict[str, list] = {"frames": [], "weak": [], "stream": []}
+    assert [p.render_size for p in pipes] == [256, 256]  # the pixel path draws at 2 S on both backends
     for pipe in pipes:
-        src = pipe.prepare_crop(crop)
+        src = pipe.prepare_crop(crop, full=crop.repeat(2, 0).repeat(2, 1))
         own = src.state.motion
         drive = Drive(FactorTrack(lip, "x"), FactorTrack(own.pose, "source"),
                       FactorTrack(torch.from_numpy(pipe.bundle.expression_presets["happy"]), "happy"), 5)
@@ -242,3 +251,39 @@ def test_export_check_prints_the_numbers(tmp_path: Path, capsys: pytest.CaptureF
     out = capsys.readouterr().out
     numbers = re.search(r"max abs ([\d.e+-]+), mean abs ([\d.e+-]+), PSNR ([\d.]+|inf) dB", out)
     assert numbers and float(numbers[2]) <= TOLERANCE["mean_abs"] and "within the tolerance" in out, out
+
+
+def test_render_size_of_the_graphs(tiny: tuple[FixTalk, Path], tmp_path: Path) -> None:
+    """The renderer draws at the size it was exported for (default 2 S with the pixel path), from the portrait's
+    crop at that size, as torch does; a graph set is refused for another size, and without a crop of that size
+    the S crop is upsampled."""
+    model, at_s = tiny
+    graphs = export_graphs(model, tmp_path / "g")
+    s = model.cfg.size
+    assert json.loads((graphs / "manifest.json").read_text())["render_size"] == 2 * s
+    src, drv = example_inputs(model.cfg, batch=2, seed=3)
+    image = torch.nn.functional.interpolate(src, size=2 * s, mode="bilinear")
+    res = compare(model, OnnxFixTalk(model, graphs), src, drv, image)
+    assert res.ok() and res.max_abs < 2e-3, res.line()
+    at_2s = _run(OnnxFixTalk(model, graphs), src, drv)[2]  # no crop at 2 S: the S crop upsampled
+    assert at_2s.shape[-1] == 2 * s and _run(OnnxFixTalk(model, at_s), src, drv)[2].shape[-1] == s
+    with pytest.raises(InputError, match=f"draw at {2 * s} px, not {s}"):
+        ensure_graphs(model, graphs, render_size=s)
+    with pytest.raises(ValueError, match="at least the model's size"):
+        export_graphs(model, tmp_path / "small", s // 2)
+    plain = _randomise(FixTalk(TINY)).eval()
+    with pytest.raises(ValueError, match="pixel path"):
+        export_graphs(plain, tmp_path / "plain", 2 * s)
+
+
+def test_onnx_dir_sets_the_render_size(tiny: tuple[FixTalk, Path], tmp_path: Path) -> None:
+    """--onnx DIR without --render-size draws at the size DIR was exported for; with another size, one line."""
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    from fixtalk.checkpoint import load_bundle
+
+    bundle = load_bundle(ckpt)
+    graphs = export_graphs(bundle.model, tmp_path / "g", bundle.model.cfg.size)
+    pipe = Pipeline(bundle, runtime=OnnxRuntime(graphs), progress=False)
+    assert pipe.render_size == bundle.model.cfg.size and isinstance(pipe.model, OnnxFixTalk)
+    with pytest.raises(InputError, match="export them with"):
+        Pipeline(bundle, runtime=OnnxRuntime(graphs), progress=False, render_size=2 * bundle.model.cfg.size)
