@@ -84,7 +84,7 @@ def channels_last(module: nn.Module) -> None:
 
 class Runtime:
     # `prepare` hands back the torch module itself (fixtalk.onnx_backend's stand-in serves graphs instead): what
-    # needs torch weights (--tune, the pixel path above the model's size) checks this before loading.
+    # needs torch weights (--tune) checks this before loading.
     serves_torch = True
 
     def __init__(self, device: str = "auto", dtype: str = "fp32", compile: bool = False) -> None:
