@@ -10,7 +10,7 @@ Random weights (speed does not depend on them). Three measurements in one run, s
   the banks, run EEM with its dead branch, batch 1, fp32, NCHW, with all of the runtime's threads as torch's
   intra-op threads, as the reference code would use them); then the same cached path by backend: torch fp32,
   torch bf16 (autocast) and onnxruntime fp32 on the CPU (`fixtalk.onnx_backend`, graphs exported for the run,
-  one frame at a time on all the threads);
+  frames side by side as with torch);
 * file to file: a real clip through the Pipeline (decode, face tracking, crop, animate, paste back, H.264)
   vs the reference demo's file loop (decode, resize to S, the reference model call, encode).
 """
@@ -273,7 +273,8 @@ def backend_times(model: FixTalk, batch: int, rt: Runtime, done: float) -> dict[
     plain = nchw(model) if rt.channels_last else model
     with tempfile.TemporaryDirectory() as tmp:
         export_graphs(plain, Path(tmp) / "graphs", plain.cfg.size)  # model only: at S, as the torch rows draw
-        ort_rt = OnnxRuntime(Path(tmp) / "graphs", threads=all_threads(rt))  # one frame at a time, as with onnx
+        ort_rt = OnnxRuntime(Path(tmp) / "graphs", threads=getattr(rt, "threads_each", 1))
+        ort_rt.workers, ort_rt.threads_each = getattr(rt, "workers", 1), getattr(rt, "threads_each", 1)
         res["onnx"] = cached_path_ms(ort_rt.prepare(plain), batch, ort_rt)
     return res
 

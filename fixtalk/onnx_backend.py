@@ -203,8 +203,11 @@ class OnnxRuntime(Runtime):
         from fixtalk.runtime import cpu_description
 
         graphs = self.graphs or f"exported on first use into {cache_root()}"
-        return (f"onnxruntime {onnxruntime.__version__} on cpu ({cpu_description()[0]}), fp32, "
-                f"{self.threads or torch.get_num_threads()} threads; graphs: {graphs}")
+        threads = self.threads or torch.get_num_threads()
+        how = f"{threads} thread{'s' * (threads > 1)}"
+        if self.workers > 1:
+            how = f"{self.workers} frames at once x {how}"
+        return f"onnxruntime {onnxruntime.__version__} on cpu ({cpu_description()[0]}), fp32, {how}; graphs: {graphs}"
 
     def graphs_render_size(self, cfg: ModelConfig) -> int | None:
         """The render size of the graph set given with `--onnx DIR` for a model of config `cfg` (the Pipeline's

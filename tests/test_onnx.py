@@ -287,3 +287,29 @@ def test_onnx_dir_sets_the_render_size(tiny: tuple[FixTalk, Path], tmp_path: Pat
     assert pipe.render_size == bundle.model.cfg.size and isinstance(pipe.model, OnnxFixTalk)
     with pytest.raises(InputError, match="export them with"):
         Pipeline(bundle, runtime=OnnxRuntime(graphs), progress=False, render_size=2 * bundle.model.cfg.size)
+
+
+def test_onnx_renders_frames_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--backend onnx renders one frame per thread at once by default, as torch does on a CPU, and the frames
+    are those of one frame at a time."""
+    from fixtalk.options import RuntimeOptions
+
+    monkeypatch.setenv("FIXTALK_ONNX_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    try:
+        side = RuntimeOptions(backend="onnx", threads=2).runtime()
+    finally:
+        torch.set_num_threads(threads)
+    assert (side.workers, side.threads_each) == (2, 1) and "2 frames at once x 1 thread" in side.describe()
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    crop = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    frames = []
+    for rt in (OnnxRuntime(threads=1), side):
+        pipe = Pipeline.from_pretrained(ckpt, runtime=rt, progress=False)
+        src = pipe.prepare_crop(crop, full=crop.repeat(2, 0).repeat(2, 1))
+        lip = torch.from_numpy(np.random.default_rng(2).normal(0, 1, (6, 20)).astype(np.float32))
+        own = src.state.motion
+        drive = Drive(FactorTrack(lip, "x"), FactorTrack(own.pose, "source"), FactorTrack(own.exp, "source"), 6)
+        frames.append(np.stack(list(pipe.frames(src, drive, paste_back=False))))
+    assert frames[0].shape == (6, 256, 256, 3) and np.array_equal(frames[0], frames[1])
+    assert not np.array_equal(frames[0][0], frames[0][-1])  # the mouth moves: the frames are not all one
