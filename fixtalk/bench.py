@@ -159,10 +159,9 @@ class CachedPath:
             feat = rt.features(model, x)
             rt.render(model, src, rt.run(model.predict_motion, feat, feat, feat))
 
-        workers = getattr(rt, "workers", 1)
-        self.pool = FramePool(workers, getattr(rt, "threads_each", 1)) if workers > 1 else None
+        self.pool = FramePool(rt.workers, rt.threads_each) if rt.workers > 1 else None
         # Two calls per worker, so that every worker is busy throughout a step.
-        self.calls = 2 * workers if workers > 1 else 1
+        self.calls = 2 * rt.workers if rt.workers > 1 else 1
         self.frames = self.calls * batch
         self._one = one
 
@@ -200,7 +199,7 @@ def nchw(model: FixTalk) -> FixTalk:
 
 def all_threads(rt: Runtime) -> int:
     """The threads the runtime was given: `workers` frames at once x `threads_each` threads."""
-    return getattr(rt, "workers", 1) * getattr(rt, "threads_each", torch.get_num_threads())
+    return rt.workers * rt.threads_each
 
 
 def reference_runner(model: FixTalk, rt: Runtime) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -273,8 +272,8 @@ def backend_times(model: FixTalk, batch: int, rt: Runtime, done: float) -> dict[
     plain = nchw(model) if rt.channels_last else model
     with tempfile.TemporaryDirectory() as tmp:
         export_graphs(plain, Path(tmp) / "graphs", plain.cfg.size)  # model only: at S, as the torch rows draw
-        ort_rt = OnnxRuntime(Path(tmp) / "graphs", threads=getattr(rt, "threads_each", 1))
-        ort_rt.workers, ort_rt.threads_each = getattr(rt, "workers", 1), getattr(rt, "threads_each", 1)
+        ort_rt = OnnxRuntime(Path(tmp) / "graphs", threads=rt.threads_each)
+        ort_rt.workers, ort_rt.threads_each = rt.workers, rt.threads_each
         res["onnx"] = cached_path_ms(ort_rt.prepare(plain), batch, ort_rt)
     return res
 
