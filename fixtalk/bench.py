@@ -253,13 +253,16 @@ def backend_times(model: FixTalk, batch: int, rt: Runtime, done: float) -> dict[
     from fixtalk.runtime import DTYPES
 
     res: dict[str, float | str] = {}
+    plain = None if rt.channels_last else model  # NCHW weights, for onnx: `model` itself, or the fp32 row's copy
     for name in ("fp32", "bf16"):
         if rt.dtype is DTYPES[name]:
             res[f"torch {name}"] = done
             continue
         other = Runtime(str(rt.device), name)
         other.trace, other.workers, other.threads_each = rt.trace, rt.workers, rt.threads_each
-        res[f"torch {name}"] = cached_path_ms(other.prepare(nchw(model)), batch, other)
+        prepared = other.prepare(nchw(model))  # prepare lays a bf16 copy out NHWC in place: never `model` itself
+        plain = prepared if plain is None and not other.channels_last else plain
+        res[f"torch {name}"] = cached_path_ms(prepared, batch, other)
     if rt.device.type != "cpu":
         res["onnx"] = "n/a (CPU backend)"
         return res
@@ -269,7 +272,7 @@ def backend_times(model: FixTalk, batch: int, rt: Runtime, done: float) -> dict[
     except ModuleNotFoundError as err:
         res["onnx"] = f"n/a ({err.name} missing: pip install 'fixtalk[onnx]')"
         return res
-    plain = nchw(model) if rt.channels_last else model
+    plain = nchw(model) if plain is None else plain
     with tempfile.TemporaryDirectory() as tmp:
         export_graphs(plain, Path(tmp) / "graphs", plain.cfg.size)  # model only: at S, as the torch rows draw
         ort_rt = OnnxRuntime(Path(tmp) / "graphs", threads=rt.threads_each)
