@@ -404,7 +404,7 @@ class Pipeline:
         from fixtalk.faces import paste_back as paste
 
         frame = paste(src.image, face, src.transform) if paste_back else face
-        return self._side_by_side(frame, src, drive, i) if side_by_side else frame
+        return self._side_by_side(frame, src, drive, i, paste_back) if side_by_side else frame
 
     def render(self, src: PreparedSource, drive: Drive, output: str | Path,
                strength: tuple[float, float, float] = (1, 1, 1), paste_back: bool = True,
@@ -429,12 +429,16 @@ class Pipeline:
             bar.close()
         return Path(output)
 
-    def _side_by_side(self, frame: np.ndarray, src: PreparedSource, drive: Drive, i: int) -> np.ndarray:
-        """[source crop | each distinct driver | result], all at the result's height."""
+    def _side_by_side(self, frame: np.ndarray, src: PreparedSource, drive: Drive, i: int,
+                      paste_back: bool = True) -> np.ndarray:
+        """[source | each distinct driver | result], all at the result's height. The source is shown framed as the
+        result is: the portrait itself under paste-back, else its aligned crop (the looser crop beside the whole
+        portrait made the same face look wider and larger in the result)."""
         import cv2
 
         h = frame.shape[0]
-        panels = [cv2.resize(src.crop if src.full is None else src.full, (h, h), interpolation=cv2.INTER_AREA)]
+        own = src.image if paste_back else (src.crop if src.full is None else src.full)
+        panels = [cv2.resize(own, (round(own.shape[1] * h / own.shape[0]), h), interpolation=cv2.INTER_AREA)]
         shown: set[int] = set()
         for t in (drive.lip, drive.pose, drive.exp):
             if t is not None and t.thumbs and id(t.thumbs) not in shown:  # --driving: one panel, not three

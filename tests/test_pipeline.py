@@ -149,8 +149,22 @@ def test_side_by_side_with_strengths(data: dict[str, Path], tmp_path: Path) -> N
     out = animate(data, tmp_path / "out" / "e.mp4", "--source", str(FACES / PORTRAIT), "--driving",
                   str(data["clip25"]), "--side-by-side", "--max-frames", "3", "--mouth-strength", "0.5",
                   "--pose-strength", "0", "--expression-strength", "1.5")
-    # [source crop | the one driver | result], all 256 high: one driving video is shown once, not thrice.
+    # [source | the one driver | result], all 256 high (the 256 px portrait, the result drawn into it): one driving
+    # video is shown once, not thrice.
     check(out, 3, (3 * 256, 256), 3 / 25)
+
+
+@needs_dlib
+def test_side_by_side_shows_the_source_framed_as_the_result(data: dict[str, Path], pipe: Pipeline) -> None:
+    """Pasted back, the first panel is the portrait itself (the result is drawn into it); else the aligned crop."""
+    src = pipe.prepare_source(FACES / ODD_PORTRAIT)
+    drive = pipe.drive(src, mouth=str(data["clip25"]), side_by_side=True, max_frames=1)
+    pasted = next(pipe.frames(src, drive, side_by_side=True))
+    h, w = src.image.shape[:2]
+    assert pasted.shape[0] == h and src.image.shape[:2] != src.full.shape[:2]
+    np.testing.assert_array_equal(pasted[:, :w], src.image)
+    crop = next(pipe.frames(src, drive, paste_back=False, side_by_side=True))
+    np.testing.assert_array_equal(crop[:, :crop.shape[0]], src.full)
 
 
 @needs_dlib
