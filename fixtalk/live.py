@@ -145,7 +145,8 @@ def _live(args: argparse.Namespace) -> int:
     rt = options.runtime()
     print(f"fixtalk live: {rt.describe()}", flush=True)
     pipe = Pipeline.from_pretrained(args.checkpoint, runtime=rt, batch_size=1, progress=False, tune_steps=args.tune,
-                                    motion_mode=args.motion_mode, render_size=args.render_size)
+                                    motion_mode=args.motion_mode, render_size=args.render_size,
+                                    auto_render_size=False)  # live: a frame rate independent of the photo
     check_one_motion(pipe.cfg, mouth, args.pose, args.expression)  # before the face search
     src = pipe.prepare_source(args.source, face_index=args.face_index)
     stream = Stream(pipe, src, mouth=mouth, pose=args.pose, expression=args.expression,

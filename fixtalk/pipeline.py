@@ -117,7 +117,7 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 class Pipeline:
     def __init__(self, bundle: Bundle, runtime: Runtime | None = None, batch_size: int | None = None,
                  progress: bool = True, tune_steps: int = 0, motion_mode: str = "auto",
-                 render_size: int | None = None) -> None:
+                 render_size: int | None = None, auto_render_size: bool = True) -> None:
         if motion_mode not in MOTION_MODES:
             raise InputError(None, f"motion mode {motion_mode!r}: expected one of {', '.join(MOTION_MODES)}")
         self.bundle = bundle
@@ -131,6 +131,11 @@ class Pipeline:
             raise InputError(None, "--tune needs the torch backend (--backend torch)")
         self.tune_steps = tune_steps
         self.render_size = self._render_size(render_size)
+        # No size asked for, torch, the pixel path: each portrait is drawn at its own resolution, from 2 S up
+        # (`source_render_size`). A fixed size for ONNX graphs, which are exported at one, and where
+        # `auto_render_size` is off (`fixtalk live`: the frame rate must not depend on the photo).
+        self.auto_render_size = (auto_render_size and render_size is None and self.runtime.serves_torch
+                                 and self.cfg.rgb_warp and self.render_size == self.cfg.default_render_size)
         self.runtime.render_size = self.render_size  # the ONNX backend exports its renderer at that size
         self.model = self.runtime.prepare(bundle.model)
         self.audio2lip = None if bundle.audio2lip is None else self.runtime.prepare(bundle.audio2lip)
@@ -159,6 +164,18 @@ class Pipeline:
             return self.cfg.check_render_size(requested)
         except ValueError as err:
             raise InputError(None, str(err)) from None
+
+    def source_render_size(self, transform: np.ndarray) -> int:
+        """R for a portrait aligned by `transform`: `render_size`, or where it is automatic the side of the crop
+        in the portrait's own pixels, rounded up to 32 px, from `render_size` (2 S) to twice that. A face drawn
+        below its resolution is resampled up again on paste-back and looks soft beside the untouched rest of
+        the photo (docs/quality.md, "Sharp paste-back"); above it, paste-back only shrinks it."""
+        from fixtalk.faces import TEMPLATE_SIZE
+
+        if not self.auto_render_size:
+            return self.render_size
+        side = TEMPLATE_SIZE / float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+        return int(min(max(32 * np.ceil(side / 32), self.render_size), 2 * self.render_size))
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **kwargs: Any) -> Pipeline:
@@ -190,7 +207,8 @@ class Pipeline:
         name = None if path is None else str(path)
         image = source if isinstance(source, np.ndarray) else load_image(source)
         face = self.detector.align(image, face_index=face_index, path=name)
-        full = None if self.render_size == self.cfg.size else crop(image, face.transform, self.render_size)
+        size = self.source_render_size(face.transform)
+        full = None if size == self.cfg.size else crop(image, face.transform, size)
         return self.prepare_crop(crop(image, face.transform, self.cfg.size), image, face.transform, name, full)
 
     def prepare_crop(self, face_crop: np.ndarray, image: np.ndarray | None = None,

@@ -52,8 +52,9 @@ def check_tune(args: argparse.Namespace) -> None:
 
 
 RENDER_SIZE_HELP = ("side of the face the model draws; above the model's size the pixel path warps the portrait "
-                    "at that size (default: twice the model's size for models with the pixel path, else the "
-                    "model's size)")
+                    "at that size (default for models with the pixel path: the face's size in the portrait's own "
+                    "pixels, from twice the model's size to four times (fixed at twice for live and ONNX); "
+                    "else the model's size)")
 
 
 def add_render_size_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup,

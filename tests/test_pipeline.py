@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import librosa
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from fixtalk.runtime import Runtime
 
 PORTRAIT = "images/edtalk__identity_source.jpg"               # 256x256, one face
 ODD_PORTRAIT = "images/sadtalker__happy1.png"                  # 221x226: paste-back output is 222x226
+LARGE_PORTRAIT = "images/edtalk__uncrop_face.jpg"               # 840x1024, the face ~800 px
 CLIP30 = "videos/vexpress__RD_Radio10_0_clip_0.mp4"            # 29.97 fps, 512x512, with audio
 CLIP25 = "videos/sadtalker__WDA_KatieHill_000.mp4"             # 25 fps, 512x512, with audio
 EXPRESSION = "videos/dreamtalk__M030_front_happy_level3_001.mp4"  # 25 fps, 256x256, no audio
@@ -142,6 +144,35 @@ def test_no_paste_back_48k_stereo(data: dict[str, Path], tmp_path: Path) -> None
                   str(data["speech48k"]), "--no-paste-back")
     # The face the model draws: twice the model's 128 px by default (the pixel path warps the 256 crop).
     check(out, 6, (256, 256), audio_seconds(data["speech48k"]))
+
+
+def test_render_size_follows_the_portrait(ckpt: Path) -> None:
+    """No --render-size: the face's side in the portrait's own pixels, rounded up to 32, from 2 S to 4 S."""
+    def scaled(s: float) -> np.ndarray:  # image -> template transform of a face at 256 / s portrait px
+        return np.array([[s, 0.0, 0.0], [0.0, s, 0.0]])
+
+    pipe = Pipeline(load_bundle(ckpt), Runtime("cpu"), progress=False)
+    assert [pipe.source_render_size(scaled(s)) for s in (2.0, 1.0, 0.8, 0.55, 0.25)] == [256, 256, 320, 480, 512]
+    fixed = Pipeline(load_bundle(ckpt), Runtime("cpu"), progress=False, render_size=256)
+    live = Pipeline(load_bundle(ckpt), Runtime("cpu"), progress=False, auto_render_size=False)
+    assert fixed.source_render_size(scaled(0.5)) == live.source_render_size(scaled(0.5)) == 256
+
+
+@needs_dlib
+def test_large_portrait_is_drawn_at_its_own_resolution(pipe: Pipeline) -> None:
+    """An 840x1024 photo (face ~800 px): drawn at 512, its face survives paste-back far better than at 256."""
+    from fixtalk.faces import crop, paste_back
+
+    src = pipe.prepare_source(FACES / LARGE_PORTRAIT)
+    assert src.full.shape == (512, 512, 3)
+    hull = np.zeros(src.image.shape[:2], np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(pipe.detector.align(src.image).landmarks.astype(np.int32)), 1)
+
+    def round_trip_psnr(face: np.ndarray) -> float:
+        mse = ((paste_back(src.image, face, src.transform).astype(float) - src.image) ** 2)[hull > 0].mean()
+        return float(10 * np.log10(255 ** 2 / mse))
+
+    assert round_trip_psnr(src.full) > round_trip_psnr(crop(src.image, src.transform, 256)) + 3  # 37.4 vs 32.5
 
 
 @needs_dlib
