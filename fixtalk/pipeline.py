@@ -81,29 +81,6 @@ class PreparedSource:
     full: np.ndarray | None = None  # R x R x 3 uint8, the same crop at the render size (the pixel path's pixels)
 
 
-class Thumbs(Sequence[np.ndarray]):
-    """Small RGB driver crops for --side-by-side, one per driver frame, kept as JPEG (~5 KB each);
-    faceless frames share the previous face's (`slot`: driver frame -> stored crop)."""
-
-    def __init__(self) -> None:
-        self.jpeg: list[bytes] = []
-        self.slot: list[int] = []
-
-    def add(self, rgb: np.ndarray) -> None:
-        import cv2
-
-        self.jpeg.append(cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes())
-
-    def __len__(self) -> int:
-        return len(self.slot)
-
-    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]  # by frame index only, no slices
-        import cv2
-
-        bgr = cv2.imdecode(np.frombuffer(self.jpeg[self.slot[i]], np.uint8), cv2.IMREAD_COLOR)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # type: ignore[arg-type]  # our own JPEG: never None
-
-
 def to_tensor(crop: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 -> 1x3xHxW float in [-1, 1] (the fixed affine map x / 127.5 - 1)."""
     return torch.from_numpy(crop).permute(2, 0, 1)[None].float().div_(127.5).sub_(1.0)
@@ -244,6 +221,7 @@ class Pipeline:
         """Motion features (T x style_dim) of every driver frame, 25 fps; faceless frames hold the last."""
         from fixtalk.faces import FaceTrack, crop
         from fixtalk.io import open_frames
+        from fixtalk.side_by_side import Thumbs
 
         track = FaceTrack(self.detector, face_index=face_index, fps=FPS, path=path)
         feats: list[torch.Tensor] = []
@@ -422,7 +400,13 @@ class Pipeline:
         from fixtalk.faces import paste_back as paste
 
         frame = paste(src.image, face, src.transform) if paste_back else face
-        return self._side_by_side(frame, src, drive, i, paste_back) if side_by_side else frame
+        if not side_by_side:
+            return frame
+        from fixtalk.side_by_side import strip
+
+        # The source framed as the result: the portrait under paste-back, else the crop the model drew from.
+        own = src.image if paste_back else (src.crop if src.full is None else src.full)
+        return strip(frame, own, (t.thumbs if t is not None else None for t in (drive.lip, drive.pose, drive.exp)), i)
 
     def render(self, src: PreparedSource, drive: Drive, output: str | Path,
                strength: tuple[float, float, float] = (1, 1, 1), paste_back: bool = True,
@@ -446,24 +430,6 @@ class Pipeline:
         finally:
             bar.close()
         return Path(output)
-
-    def _side_by_side(self, frame: np.ndarray, src: PreparedSource, drive: Drive, i: int,
-                      paste_back: bool = True) -> np.ndarray:
-        """[source | each distinct driver | result], all at the result's height. The source is shown framed as the
-        result is: the portrait itself under paste-back, else its aligned crop (the looser crop beside the whole
-        portrait made the same face look wider and larger in the result)."""
-        import cv2
-
-        h = frame.shape[0]
-        own = src.image if paste_back else (src.crop if src.full is None else src.full)
-        panels = [cv2.resize(own, (round(own.shape[1] * h / own.shape[0]), h), interpolation=cv2.INTER_AREA)]
-        shown: set[int] = set()
-        for t in (drive.lip, drive.pose, drive.exp):
-            if t is not None and t.thumbs and id(t.thumbs) not in shown:  # --driving: one panel, not three
-                shown.add(id(t.thumbs))
-                panels.append(cv2.resize(t.thumbs[pingpong(i, len(t.thumbs))], (h, h)))
-        panels.append(frame)
-        return np.concatenate([cv2.resize(p, (round(p.shape[1] * h / p.shape[0]), h)) for p in panels], axis=1)
 
     def _bar(self, total: int, desc: str) -> Any:  # a tqdm bar
         from tqdm import tqdm

@@ -25,8 +25,9 @@ from fixtalk.cli import main
 from fixtalk.io import VideoWriter, load_image, open_frames, probe
 from fixtalk.models.fdm import Motion
 from fixtalk.models.fixtalk import FixTalk
-from fixtalk.pipeline import Drive, FactorTrack, Pipeline, Thumbs, pingpong
+from fixtalk.pipeline import Drive, FactorTrack, Pipeline, pingpong
 from fixtalk.runtime import Runtime
+from fixtalk.side_by_side import Thumbs
 
 PORTRAIT = "images/edtalk__identity_source.jpg"               # 256x256, one face
 ODD_PORTRAIT = "images/sadtalker__happy1.png"                  # 221x226: paste-back output is 222x226
