@@ -148,13 +148,23 @@ def _warp(src: np.ndarray, m: np.ndarray, w: int, h: int, border: int) -> np.nda
         src = src[y0:y1, x0:x1]
         m = m.copy()
         m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
-    scale = np.sqrt(abs(np.linalg.det(m[:, :2])))
+    scale = linear_scale(m)
     if scale < 0.5:
         sw, sh = max(1, round(src.shape[1] * scale)), max(1, round(src.shape[0] * scale))
         fx, fy = src.shape[1] / sw, src.shape[0] / sh  # exact factors after rounding
         src = cv2.resize(src, (sw, sh), interpolation=cv2.INTER_AREA)
         m = m @ np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])
     return cv2.warpAffine(src, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=border, borderValue=0)
+
+
+def linear_scale(m: np.ndarray) -> float:
+    """How much a 2 x 3 similarity (or near-similarity) transform scales lengths."""
+    return float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+
+
+def crop_side(transform: np.ndarray) -> float:
+    """Side of the aligned crop in the image's own pixels: the face's resolution in that image."""
+    return TEMPLATE_SIZE / linear_scale(transform)
 
 
 def crop(image: np.ndarray, transform: np.ndarray, size: int = 256) -> np.ndarray:

@@ -112,7 +112,7 @@ class Pipeline:
         # (`source_render_size`). A fixed size for ONNX graphs, which are exported at one, and where
         # `auto_render_size` is off (`fixtalk live`: the frame rate must not depend on the photo).
         self.auto_render_size = (auto_render_size and render_size is None and self.runtime.serves_torch
-                                 and self.cfg.rgb_warp and self.render_size == self.cfg.default_render_size)
+                                 and self.cfg.rgb_warp)
         self.runtime.render_size = self.render_size  # the ONNX backend exports its renderer at that size
         self.model = self.runtime.prepare(bundle.model)
         self.audio2lip = None if bundle.audio2lip is None else self.runtime.prepare(bundle.audio2lip)
@@ -147,12 +147,11 @@ class Pipeline:
         in the portrait's own pixels, rounded up to 32 px, from `render_size` (2 S) to twice that. A face drawn
         below its resolution is resampled up again on paste-back and looks soft beside the untouched rest of
         the photo (docs/quality.md, "Sharp paste-back"); above it, paste-back only shrinks it."""
-        from fixtalk.faces import TEMPLATE_SIZE
+        from fixtalk.faces import crop_side
 
         if not self.auto_render_size:
             return self.render_size
-        side = TEMPLATE_SIZE / float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
-        return int(min(max(32 * np.ceil(side / 32), self.render_size), 2 * self.render_size))
+        return int(min(max(32 * np.ceil(crop_side(transform) / 32), self.render_size), 2 * self.render_size))
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **kwargs: Any) -> Pipeline:
